@@ -1,0 +1,1 @@
+"""monai_unet2.losses."""
