@@ -150,7 +150,9 @@ def read_slice_header(path: str, folder: str) -> tuple[SliceHeader | None, str |
         path=path,
         dataset=ds,
         series_uid=str(ds.get("SeriesInstanceUID", "") or ""),
-        sop_instance_uid=str(ds.get("SOPInstanceUID", "") or ""),
+        sop_instance_uid=str(
+            ds.get("SOPInstanceUID", "") or (meta.get("MediaStorageSOPInstanceUID", "") if meta is not None else "")
+        ),
         instance_number=int(instance) if instance not in (None, "") else None,
         position=ipp,
         row_direction=iop[:3] / np.linalg.norm(iop[:3]),

@@ -1,0 +1,413 @@
+"""Write the bundles' predictions next to nothing but finished files: NIfTI, PNG and DICOM SEG outputs.
+
+MONAI's ``SaveImaged`` writes straight to the final name (an interrupted run leaves a truncated ``.nii.gz`` that
+looks finished), names files ``<output_dir>/<stem>/<stem>_<postfix>`` by default, cannot skip finished cases on a
+re-run and has no DICOM SEG output. :class:`SaveSegmentationd` keeps MONAI's writers (``NibabelWriter``,
+``PILWriter``) for the encoding and adds atomic writing, flat naming after the input, resume and DICOM SEG output
+(:mod:`monai_unet2.io.dicom_seg_writer`).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import uuid
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import DtypeLike, KeysCollection
+from monai.data import MetaTensor, NibabelWriter, PILWriter
+from monai.transforms import SaveImaged
+from monai.utils import MetaKeys
+
+from monai_unet2.io.dicom_seg_writer import import_highdicom, build_dicom_seg
+
+__all__ = [
+    "OutputWriteError",
+    "SaveSegmentationd",
+    "SaveSegmentationD",
+    "SaveSegmentationDict",
+    "ensure_output_dir",
+    "write_atomically",
+    "output_paths",
+    "pending_inputs",
+]
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_FORMATS = ("nifti", "dicom_seg", "png")
+_KNOWN_SUFFIXES = (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".dcm", ".nrrd", ".mha")
+
+
+class OutputWriteError(OSError):
+    """An output file could not be written; the message names the path and why (not writable, disk full...)."""
+
+
+def _compound_suffix(name: str) -> str:
+    return ".nii.gz" if name.lower().endswith(".nii.gz") else os.path.splitext(name)[1]
+
+
+def _input_stem(input_path: str | os.PathLike) -> str:
+    path = os.path.normpath(os.fspath(input_path))
+    name = os.path.basename(path)
+    if os.path.isdir(path):
+        return name
+    for suffix in _KNOWN_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _is_dicom_input(input_path: str | os.PathLike) -> bool:
+    path = os.fspath(input_path)
+    return os.path.isdir(path) or path.lower().endswith(".dcm")
+
+
+def output_paths(
+    input_path: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    output_postfix: str = "seg",
+    output_format: str = "nifti",
+) -> list[str]:
+    """The files :class:`SaveSegmentationd` writes for one input, in writing order.
+
+    ``<stem>_<postfix>.nii.gz`` for NIfTI (``x.nii.gz`` -> ``x_seg.nii.gz``, a DICOM folder ``series7/`` ->
+    ``series7_seg.nii.gz``), ``<stem>_<postfix>.png`` for PNG, and for ``dicom_seg`` the NIfTI plus, for DICOM
+    inputs, ``<folder>_<postfix>.dcm``.
+
+    Args:
+        input_path: the input image file or DICOM series folder (``filename_or_obj`` of its metadata).
+        output_dir: the output folder.
+        output_postfix: appended to the input's name after an underscore (empty: no postfix).
+        output_format: ``"nifti"``, ``"dicom_seg"`` or ``"png"``.
+    """
+    if output_format not in OUTPUT_FORMATS:
+        raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
+    name = _input_stem(input_path) + (f"_{output_postfix}" if output_postfix else "")
+    base = os.path.join(os.fspath(output_dir), name)
+    if output_format == "png":
+        return [base + ".png"]
+    paths = [base + ".nii.gz"]
+    if output_format == "dicom_seg" and _is_dicom_input(input_path):
+        paths.append(base + ".dcm")
+    return paths
+
+
+def pending_inputs(
+    datalist: Iterable[Mapping[str, Any] | str],
+    output_dir: str | os.PathLike,
+    output_postfix: str = "seg",
+    output_format: str = "nifti",
+    image_key: str = "image",
+) -> list:
+    """The datalist entries whose outputs are not all written yet, so a re-run segments only those.
+
+    Use it on the inference datalist (before the expensive part) together with ``resume=True`` of
+    :class:`SaveSegmentationd`; temporary files of an interrupted write do not count as outputs.
+
+    Args:
+        datalist: ``{"image": path, ...}`` entries (or plain paths).
+        output_dir, output_postfix, output_format: as given to :class:`SaveSegmentationd`.
+        image_key: key of the input path in the entries.
+    """
+    pending, done = [], 0
+    for entry in datalist:
+        path = entry[image_key] if isinstance(entry, Mapping) else entry
+        if all(os.path.isfile(p) for p in output_paths(path, output_dir, output_postfix, output_format)):
+            done += 1
+        else:
+            pending.append(entry)
+    if done:
+        logger.info("%d of %d inputs already have their outputs in %s", done, done + len(pending), output_dir)
+    return pending
+
+
+def _describe_failure(path: str, err: BaseException) -> str:
+    reason = getattr(err, "errno", None)
+    if reason in (errno.ENOSPC, errno.EDQUOT):
+        return f"cannot write {path}: no space left on the device (or quota exceeded): {err}"
+    if reason in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write {path}: the folder is not writable: {err}"
+    if reason in (errno.ENOTDIR, errno.ENOENT, errno.EEXIST):
+        return f"cannot write {path}: the output folder does not exist or a parent of it is a file: {err}"
+    return f"cannot write {path}: {type(err).__name__}: {err}"
+
+
+def ensure_output_dir(output_dir: str | os.PathLike) -> str:
+    """Create ``output_dir`` (and parents) if needed; :class:`OutputWriteError` naming it when that fails."""
+    folder = os.fspath(output_dir)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        raise OutputWriteError(f"cannot create output folder {folder}: {_describe_failure(folder, err)}") from err
+    if not os.path.isdir(folder):
+        raise OutputWriteError(f"output folder {folder} exists but is not a folder")
+    return folder
+
+
+def _fsync(path: str, directory: bool = False) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    except OSError:
+        if directory:
+            return  # not supported on every platform; the file itself is synced
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not directory:
+            raise
+    finally:
+        os.close(fd)
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[str], Any], fsync: bool = True) -> str:
+    """Run ``write(temporary_path)`` then rename the result to ``path``: readers see the old file or the whole
+    new one, never a partial file.
+
+    The temporary file is hidden (``.<name>.tmp-<random><suffix>``, keeping the suffix, e.g. ``.nii.gz``, that
+    writers use to pick a format) and lies in the same folder, so ``os.replace`` is an atomic rename. On any error it
+    is removed and an :class:`OutputWriteError` naming ``path`` and the cause is raised (``KeyboardInterrupt`` is
+    re-raised as is, after the clean-up). A killed process (SIGKILL) can leave a hidden ``.tmp-`` file behind,
+    never a file under the final name.
+
+    Args:
+        path: the final file name.
+        write: writes the whole file at the path it is given.
+        fsync: flush the file (and best effort, its folder) to disk before the rename, so a power loss right after
+            cannot leave an empty file under the final name.
+
+    Returns:
+        ``path``.
+    """
+    final = os.fspath(path)
+    folder, name = os.path.split(final)
+    suffix = _compound_suffix(name)
+    temporary = os.path.join(folder, f".{name[: len(name) - len(suffix)]}.tmp-{uuid.uuid4().hex[:12]}{suffix}")
+    try:
+        write(temporary)
+        if not os.path.isfile(temporary):
+            raise OutputWriteError(f"cannot write {final}: the writer produced no file")
+        if fsync:
+            _fsync(temporary)
+        os.replace(temporary, final)
+    except BaseException as err:
+        try:
+            os.remove(temporary)
+        except OSError:
+            pass
+        if isinstance(err, OutputWriteError) or not isinstance(err, Exception):
+            raise
+        raise OutputWriteError(_describe_failure(final, err)) from err
+    if fsync:
+        _fsync(folder or ".", directory=True)
+    return final
+
+
+class SaveSegmentationd(SaveImaged):
+    """Save label maps in the input's space, named after the input, atomically, skipping finished inputs.
+
+    Place it last in an inference ``postprocessing``, after ``Invertd`` has brought the prediction back into the
+    input's space. It writes, in ``output_dir`` (no per-case sub-folder):
+
+    - ``nifti``: ``<stem>_<postfix>.nii.gz`` with MONAI's ``NibabelWriter``: the input's shape and affine
+      (``original_affine`` / ``spatial_shape`` of the metadata, RAS for DICOM inputs). A prediction that is not on
+      that grid (no ``Invertd``) is resampled onto it with nearest-neighbour interpolation, with a warning.
+    - ``png``: ``<stem>_<postfix>.png`` with MONAI's ``PILWriter`` (same width/height as the input image, PIL's
+      axis convention handled by MONAI's reader/writer pair); binary masks as 0/255, label maps as label values.
+    - ``dicom_seg``: the NIfTI, and for DICOM series inputs also ``<folder>_<postfix>.dcm``, a BINARY DICOM SEG
+      referencing the source slices (:func:`~monai_unet2.io.dicom_seg_writer.build_dicom_seg`; needs highdicom).
+
+    Every file is written to a hidden temporary name and renamed (:func:`write_atomically`); failures raise
+    :class:`OutputWriteError` naming the file. It subclasses ``SaveImaged`` so that MONAI Label's bundle task,
+    which filters ``SaveImaged`` instances out of ``postprocessing``, drops it when serving.
+
+    Args:
+        keys: keys of the label maps (channel-first, one channel, integer values: after ``AsDiscreted(argmax)``).
+        output_dir: output folder, created when needed.
+        output_postfix: appended to the input's name after an underscore.
+        output_format: ``"nifti"``, ``"dicom_seg"`` or ``"png"``.
+        output_dtype: integer dtype of the NIfTI / PNG data (uint8 default; label values must fit).
+        resume: skip inputs whose outputs all exist already (see also :func:`pending_inputs`, which skips them
+            before inference).
+        label_names: label value -> name (a bundle's ``channel_def`` works), used for the SEG's segment labels and
+            to decide PNG binary-ness (one foreground name).
+        binary: PNG only: write 0/255; ``None`` decides from ``label_names``, else from the values (max <= 1).
+        meta_keys: metadata dict keys for non-MetaTensor values (default ``{key}_{meta_key_postfix}``).
+        meta_key_postfix: see ``meta_keys``.
+        series_description: SeriesDescription of the DICOM SEG.
+        algorithm_name: algorithm recorded in the DICOM SEG.
+        fsync: flush each file to disk before renaming it.
+        allow_missing_keys: don't raise if a key is missing.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "pred",
+        output_dir: str | os.PathLike = "./",
+        output_postfix: str = "seg",
+        output_format: str = "nifti",
+        output_dtype: DtypeLike = np.uint8,
+        resume: bool = False,
+        label_names: Mapping[Any, str] | Sequence[str] | None = None,
+        binary: bool | None = None,
+        meta_keys: KeysCollection | None = None,
+        meta_key_postfix: str = "meta_dict",
+        series_description: str = "Segmentation",
+        algorithm_name: str = "monai_unet2",
+        fsync: bool = True,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        if output_format not in OUTPUT_FORMATS:
+            raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
+        if not np.issubdtype(np.dtype(output_dtype), np.integer):
+            raise ValueError(f"output_dtype must be an integer type for label maps, got {output_dtype}")
+        if output_format == "dicom_seg":
+            import_highdicom()  # fail before inference, not after it
+        ext = ".png" if output_format == "png" else ".nii.gz"
+        super().__init__(
+            keys,
+            meta_keys=meta_keys,
+            meta_key_postfix=meta_key_postfix,
+            output_dir=output_dir,
+            output_postfix=output_postfix,
+            output_ext=ext,
+            output_dtype=output_dtype,
+            separate_folder=False,
+            print_log=False,
+            allow_missing_keys=allow_missing_keys,
+        )
+        self.output_dir = os.fspath(output_dir)
+        self.output_postfix = output_postfix
+        self.output_format = output_format
+        self.output_dtype = np.dtype(output_dtype)
+        self.resume = resume
+        self.label_names = label_names
+        self.binary = binary
+        self.series_description = series_description
+        self.algorithm_name = algorithm_name
+        self.fsync = fsync
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key, meta_key, meta_key_postfix in self.key_iterator(d, self.meta_keys, self.meta_key_postfix):
+            value = d[key]
+            meta = value.meta if isinstance(value, MetaTensor) else d.get(meta_key or f"{key}_{meta_key_postfix}")
+            written = self.save(value, meta)
+            if isinstance(value, MetaTensor):
+                value.meta[MetaKeys.SAVED_TO] = written[0]
+        return d
+
+    def save(self, label_map: torch.Tensor | np.ndarray, meta: Mapping | None) -> list[str]:
+        """Write the outputs of one label map; returns their paths (also when skipped by ``resume``)."""
+        if not meta or not meta.get("filename_or_obj"):
+            raise ValueError("SaveSegmentationd names outputs after the input: the metadata has no filename_or_obj")
+        source = meta["filename_or_obj"]
+        source = os.fspath(source[0] if isinstance(source, (list, tuple)) else source)
+        paths = output_paths(source, self.output_dir, self.output_postfix, self.output_format)
+        if self.resume and all(os.path.isfile(p) for p in paths):
+            logger.info("resume: %s already written, skipping", ", ".join(paths))
+            return paths
+        ensure_output_dir(self.output_dir)
+        labels = self._label_values(label_map, meta, source)
+        if self.output_format == "png":
+            write_atomically(paths[0], lambda tmp: self._png_writer(labels, meta).write(tmp), self.fsync)
+            return paths
+        writer = self._nifti_writer(labels, meta, source)
+        grid_labels, grid_affine = np.asarray(writer.data_obj), np.asarray(writer.affine, dtype=np.float64)
+        write_atomically(paths[0], writer.write, self.fsync)
+        if len(paths) > 1:
+            uids = [u for u in str(meta.get("sop_instance_uids", "") or "").split("\\") if u]
+            seg = build_dicom_seg(
+                grid_labels,
+                grid_affine,
+                source,
+                label_names=self.label_names,
+                series_uid=meta.get("SeriesInstanceUID"),
+                preferred_uids=uids,
+                series_description=self.series_description,
+                algorithm_name=self.algorithm_name,
+            )
+            write_atomically(paths[1], lambda tmp: seg.save_as(tmp), self.fsync)
+        return paths
+
+    def _label_values(self, label_map: torch.Tensor | np.ndarray, meta: Mapping, source: str) -> np.ndarray:
+        array = label_map.detach().cpu().numpy() if isinstance(label_map, torch.Tensor) else np.asarray(label_map)
+        spatial = meta.get(MetaKeys.SPATIAL_SHAPE)
+        n_spatial = len(np.atleast_1d(spatial)) if spatial is not None else array.ndim - 1
+        if array.ndim == n_spatial + 1:
+            if array.shape[0] != 1:
+                raise ValueError(
+                    f"prediction for {source} has {array.shape[0]} channels (shape {tuple(array.shape)}); "
+                    "SaveSegmentationd writes label maps: apply AsDiscreted(argmax=True) first"
+                )
+            array = array[0]
+        if array.size and not np.all(np.isfinite(array)):
+            raise ValueError(f"prediction for {source} holds NaN or infinite values")
+        if array.size and np.any(array != np.round(array)):
+            raise ValueError(
+                f"prediction for {source} holds non-integer values (probabilities?); apply AsDiscreted first"
+            )
+        limits = np.iinfo(self.output_dtype)
+        if array.size and (array.min() < limits.min or array.max() > limits.max):
+            raise ValueError(
+                f"prediction for {source} has labels {array.min()}..{array.max()}, outside {self.output_dtype}"
+            )
+        return array.astype(self.output_dtype)
+
+    def _nifti_writer(self, labels: np.ndarray, meta: Mapping, source: str) -> NibabelWriter:
+        affine = np.asarray(meta.get(MetaKeys.AFFINE, np.eye(4)), dtype=np.float64)
+        original = meta.get(MetaKeys.ORIGINAL_AFFINE)
+        spatial = meta.get(MetaKeys.SPATIAL_SHAPE)
+        target_shape = tuple(int(s) for s in np.atleast_1d(spatial)) if spatial is not None else labels.shape
+        resample = original is not None and (
+            target_shape != labels.shape or not np.allclose(affine, np.asarray(original, np.float64), atol=1e-4)
+        )
+        if resample:
+            logger.warning(
+                "prediction for %s is not on the input's grid (shape %s, input %s): resampling it (nearest); "
+                "put Invertd before SaveSegmentationd",
+                source,
+                labels.shape,
+                target_shape,
+            )
+        writer = NibabelWriter(output_dtype=self.output_dtype)
+        writer.set_data_array(labels, channel_dim=None)
+        writer.set_metadata(
+            {MetaKeys.AFFINE: affine, MetaKeys.ORIGINAL_AFFINE: original, MetaKeys.SPATIAL_SHAPE: spatial},
+            resample=resample,
+            mode="nearest",
+        )
+        expected = target_shape if resample else labels.shape
+        writer.data_obj = np.rint(np.asarray(writer.data_obj)).astype(self.output_dtype).reshape(expected)
+        return writer
+
+    def _is_binary(self, labels: np.ndarray) -> bool:
+        if self.binary is not None:
+            return self.binary
+        if self.label_names is not None:
+            names = self.label_names
+            keys = [int(k) for k in names] if isinstance(names, Mapping) else list(range(len(names)))
+            return len([k for k in keys if k != 0]) == 1
+        return not labels.size or labels.max() <= 1
+
+    def _png_writer(self, labels: np.ndarray, meta: Mapping) -> PILWriter:
+        if self._is_binary(labels):
+            if labels.size and labels.max() > 1:
+                raise ValueError(f"binary PNG output but the prediction has labels up to {labels.max()}")
+            labels = (labels > 0).astype(self.output_dtype) * 255
+        spatial = meta.get(MetaKeys.SPATIAL_SHAPE)
+        squeezed = labels.reshape([s for s in labels.shape if s != 1] or [1])
+        if squeezed.ndim != 2:
+            raise ValueError(f"PNG output needs a 2D prediction, got shape {labels.shape}")
+        target = tuple(int(s) for s in np.atleast_1d(spatial))[:2] if spatial is not None else squeezed.shape
+        writer = PILWriter(output_dtype=self.output_dtype, scale=None)
+        writer.set_data_array(squeezed, channel_dim=None)
+        writer.set_metadata({MetaKeys.SPATIAL_SHAPE: target}, resample=target != squeezed.shape, mode="nearest")
+        return writer
+
+
+SaveSegmentationD = SaveSegmentationDict = SaveSegmentationd
