@@ -1,1 +1,16 @@
-"""monai_unet2.transforms."""
+"""monai_unet2.transforms: DICOM series / SEG loading, 2.5D slice sampling and signed distance maps."""
+
+from .dicom_checks import DicomSeriesError
+from .dicom_reader import DicomSeries, DicomSeriesReader, decoder_available
+from .dicom_seg import DicomSegError, LoadDicomSegD, LoadDicomSegd, LoadDicomSegDict, seg_to_grid
+from .distance import SignedDistanceMapd, signed_distance_map
+from .slices import (
+    RandSliceWithContextD,
+    RandSliceWithContextd,
+    RandSliceWithContextDict,
+    SliceWithContextD,
+    SliceWithContextd,
+    SliceWithContextDict,
+    slice_affine,
+    stack_slice_context,
+)
