@@ -1,0 +1,277 @@
+"""Benchmark SlidingWindowSliceInferer against the bare network and MONAI's SliceInferer / 2.5D emulation.
+
+Run: ``.venv/bin/python benchmarks/inferer.py [--quick] [--threads N]``. Prints a markdown table of ratios measured
+side by side in one run and writes it to ``benchmarks/results/inferer.md``.
+
+What is measured (2D ``monai_unet2.networks.UNet``, base 32 features, random weights, eval mode, ``torch.no_grad``):
+
+- efficiency: time of the bare network forward over exactly the windows our inferer builds (recorded from a run,
+  same batches) divided by the time of our inferer on the volume; 1.0 means no overhead at all.
+- ours (context 0) against MONAI ``SliceInferer`` with the same window settings: speed ratio and max abs difference.
+- ours (context 2) against the fairest 2.5D emulation we could design with MONAI: stack the ``2k+1`` replicate-padded
+  shifted copies of the volume as channels (the smallest extra a MONAI-only 2.5D needs, ``(2k+1)x`` the input)
+  and run ``SliceInferer`` (2D windows, one slice each) on it. Windowing the slice axis with ``roi (h, w, 2k+1)``
+  in ``sliding_window_inference`` would instead blend the centre prediction into ``2k+1`` output slices, which is
+  not 2.5D.
+- peak memory (subprocess per configuration, peak RSS rise over a baseline taken after loading the full volume,
+  with the kernel's peak counter reset there through ``/proc/self/clear_refs``) of ours
+  and of the emulation on the full volumes, minus the output and the network activations (measured by a bare
+  forward of one window batch). A one-layer network is used there: the inferer's own memory does not depend on
+  the network, and the full volumes through a base-32 UNet would take many minutes on this machine.
+
+Times are CPU seconds of the benchmark process (``time.process_time``): on a shared machine wall time swings by
+tens of percent with the other users' load. Each pair is interleaved and the fastest of the repeats is kept. The
+overhead column times our inferer with a network that returns zeros: the inferer's own work per window, which
+bounds the efficiency from below at ``1 / (1 + overhead)`` whatever the noise. The "null net" columns compare
+the inferers' own work the same way (the network dominates every end-to-end time on a CPU).
+Timing the full volumes with a base-32 UNet on a shared 2-core CPU would take tens of minutes, so times are taken on
+a centred sub-volume of a few slices (the window grid is per slice, so per-slice ratios carry over).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from monai.inferers import SliceInferer
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from monai_unet2.inferers import SlidingWindowSliceInferer  # noqa: E402
+from monai_unet2.inferers.slice_windows import neighbour_indices  # noqa: E402
+
+SW_BATCH_SIZE = 8
+CONTEXT = 2
+
+
+def make_unet(in_channels: int) -> tuple[torch.nn.Module, str]:
+    """Base-32 2D UNet (ours if importable, else MONAI BasicUNet with matching widths)."""
+    torch.manual_seed(0)
+    try:
+        from monai_unet2.networks import UNet
+
+        return UNet(spatial_dims=2, in_channels=in_channels, out_channels=3, features=32).eval(), "monai_unet2 UNet"
+    except ImportError:
+        from monai.networks.nets import BasicUNet
+
+        network = BasicUNet(2, in_channels, 3, features=(32, 64, 128, 256, 512, 32)).eval()
+        return network, "MONAI BasicUNet (32..512)"
+
+
+def stacked_emulation_input(volume: torch.Tensor, context: int, spatial_dim: int) -> torch.Tensor:
+    """The (2k+1)-fold input a MONAI-only 2.5D needs: replicate-padded shifted copies as channels c*(2k+1)+j."""
+    axis = spatial_dim + 2
+    indices = neighbour_indices(volume.shape[axis], context)
+    shifted = [volume.index_select(axis, indices[:, j]) for j in range(2 * context + 1)]
+    return torch.stack(shifted, dim=2).flatten(1, 2)
+
+
+def emulation(volume, network, roi, overlap, context, spatial_dim=2):
+    stacked = stacked_emulation_input(volume, context, spatial_dim)
+    return monai_slice_inferer(roi, overlap, spatial_dim)(stacked, network)
+
+
+def monai_slice_inferer(roi, overlap, spatial_dim=2) -> SliceInferer:
+    """MONAI's SliceInferer with our settings (it needs an explicit 2D roi: -1 entries mean the full extent)."""
+    roi = (-1, -1) if roi is None else roi
+    return SliceInferer(roi_size=roi, sw_batch_size=SW_BATCH_SIZE, spatial_dim=spatial_dim, overlap=overlap)
+
+
+def timed(function, *args):
+    """CPU time of this process (not wall time, which on a shared machine mostly measures the other users)."""
+    start = time.process_time()
+    result = function(*args)
+    return time.process_time() - start, result
+
+
+class WindowRecorder(torch.nn.Module):
+    """Returns zeros (a null network); with ``record=True`` also stores every window batch it is given."""
+
+    def __init__(self, out_channels: int, record: bool = False):
+        super().__init__()
+        self.out_channels, self.record, self.batches = out_channels, record, []
+
+    def forward(self, x):
+        if self.record:
+            self.batches.append(x.clone())
+        return x.new_zeros((x.shape[0], self.out_channels, *x.shape[2:]))
+
+
+def replay(network, batches) -> None:
+    for batch in batches:
+        network(batch)
+
+
+def time_configuration(shape, sub_slices, roi, overlap, net1, net5, repeats):
+    """Times of every method on a centred sub-volume; each pair interleaved ``repeats`` times, fastest kept."""
+    torch.manual_seed(1)
+    full = torch.randn(1, 1, *shape)
+    first = shape[2] // 2 - sub_slices // 2
+    volume = full[..., first : first + sub_slices].contiguous()
+    ours2 = SlidingWindowSliceInferer(roi, SW_BATCH_SIZE, 2, CONTEXT, overlap)
+    ours0 = SlidingWindowSliceInferer(roi, SW_BATCH_SIZE, 2, 0, overlap)
+    monai_slice = monai_slice_inferer(roi, overlap)
+    recorder = WindowRecorder(3, record=True)
+    times: dict[str, list[float]] = {}
+    outputs = {}
+
+    def run(name, function, *args):
+        elapsed, outputs[name] = timed(function, *args)
+        times.setdefault(name, []).append(elapsed)
+
+    with torch.no_grad():
+        ours2(volume, recorder)
+        batches = recorder.batches
+        replay(net5, batches[:1])
+        replay(net1, [b[:, CONTEXT : CONTEXT + 1] for b in batches[:1]])
+        for _ in range(repeats):
+            run("bare", replay, net5, batches)
+            run("ours2", ours2, volume, net5)
+            run("null", ours2, volume, WindowRecorder(3))
+            run("null_emulation", emulation, volume, WindowRecorder(3), roi, overlap, CONTEXT)
+            run("null_ours0", ours0, volume, WindowRecorder(3))
+            run("null_slice", monai_slice, volume, WindowRecorder(3))
+            run("emulation", emulation, volume, net5, roi, overlap, CONTEXT)
+            run("ours0", ours0, volume, net1)
+            run("slice", monai_slice, volume, net1)
+    best = {name: min(values) for name, values in times.items()}
+    t_ours2 = best["ours2"]
+    return {
+        "windows": sum(b.shape[0] for b in batches),
+        "efficiency": best["bare"] / t_ours2,
+        "overhead": best["null"] / best["bare"],
+        "vs_slice": best["slice"] / best["ours0"],
+        "vs_slice_null": best["null_slice"] / best["null_ours0"],
+        "vs_emulation_null": best["null_emulation"] / best["null"],
+        "diff_slice": (outputs["ours0"] - outputs["slice"]).abs().max().item(),
+        "vs_emulation": best["emulation"] / t_ours2,
+        "diff_emulation": (outputs["ours2"] - outputs["emulation"]).abs().max().item(),
+        "t_ours2": t_ours2,
+    }
+
+
+MEMORY_SCRIPT = """
+import json, sys, torch
+sys.path.insert(0, {repo!r})
+from benchmarks.inferer import emulation
+from monai_unet2.inferers import SlidingWindowSliceInferer
+torch.set_num_threads({threads})
+def status(key):
+    return int(open("/proc/self/status").read().split(key + ":")[1].split()[0]) * 1024
+def reset_peak():
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return status("VmRSS")
+torch.manual_seed(0)
+net = torch.nn.Conv2d(5, 3, 3, padding=1).eval()
+volume = torch.randn(1, 1, *{shape!r})
+roi, overlap = {roi!r}, {overlap!r}
+ours = SlidingWindowSliceInferer(roi, {sw}, 2, 2, overlap)
+with torch.no_grad():
+    ours(volume[..., :6], net)
+    emulation(volume[..., :6], net, roi, overlap, 2)
+    base = reset_peak()
+    net(torch.randn({sw}, 5, *(volume.shape[2:4] if roi is None else roi)))
+    activations = status("VmHWM") - base
+    base = reset_peak()
+    out = ours(volume, net) if {method!r} == "ours" else emulation(volume, net, roi, overlap, 2)
+    total = status("VmHWM") - base
+print(json.dumps({{"input": volume.nbytes, "output": out.nbytes, "activations": activations, "total": total}}))
+"""
+
+
+def peak_memory(method: str, shape, roi, overlap, threads: int) -> dict:
+    script = MEMORY_SCRIPT.format(
+        repo=str(REPO), shape=tuple(shape), roi=roi, overlap=overlap, sw=SW_BATCH_SIZE, method=method, threads=threads
+    )
+    environment = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}  # freed large blocks leave RSS at once
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=REPO, env=environment
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def mib(n: float) -> str:
+    return f"{n / 2**20:.0f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer configurations and slices (under ~1 minute)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: shared machine)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    net1, net_name = make_unet(1)
+    net5, _ = make_unet(2 * CONTEXT + 1)
+    if args.quick:
+        repeats = 1
+        timing = [((240, 240, 155), 2, (160, 160), 0.25)]
+        memory = [((240, 240, 155), (160, 160), 0.5)]
+    else:
+        repeats = 2
+        timing = [
+            ((240, 240, 155), 4, (160, 160), 0.25),
+            ((240, 240, 155), 4, (160, 160), 0.5),
+            ((240, 240, 155), 4, None, 0.25),
+            ((512, 512, 64), 1, (160, 160), 0.25),
+            ((512, 512, 64), 1, None, 0.25),
+        ]
+        memory = [((240, 240, 155), (160, 160), 0.5), ((512, 512, 64), None, 0.25)]
+    lines = [
+        f"Network: {net_name}, base 32, 3 classes, random weights; sw_batch_size {SW_BATCH_SIZE}; "
+        f"{args.threads} torch thread(s); CPU; times on a centred sub-volume of the listed number of slices, "
+        f"CPU time, fastest of {repeats} interleaved repeat(s); context k=2 unless marked k=0.",
+        "",
+        "| volume | slices timed | ROI | overlap | windows | efficiency (bare net / ours) | "
+        "overhead (ours with null net / bare net) | MONAI SliceInferer / ours (k=0) | same, null net | "
+        "max abs diff | 2.5D emulation / ours | same, null net | max abs diff | ours, CPU s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    started = time.perf_counter()
+    for shape, slices, roi, overlap in timing:
+        r = time_configuration(shape, slices, roi, overlap, net1, net5, repeats)
+        roi_text = "full slice" if roi is None else f"{roi[0]}²"
+        lines.append(
+            f"| {'×'.join(map(str, shape))} | {slices} | {roi_text} | {overlap} | {r['windows']} | "
+            f"{r['efficiency']:.2f} | {r['overhead']:.3f} | {r['vs_slice']:.2f} | {r['vs_slice_null']:.1f} | "
+            f"{r['diff_slice']:.1e} | {r['vs_emulation']:.2f} | {r['vs_emulation_null']:.1f} | "
+            f"{r['diff_emulation']:.1e} | {r['t_ours2']:.1f} |"
+        )
+        print(lines[-1], flush=True)
+    lines += [
+        "",
+        "Peak memory, k=2, full volume, one-layer network (MiB; extra = peak RSS rise - output - activations):",
+        "",
+        "| volume | ROI | overlap | input | output | extra, ours | extra, 2.5D emulation | "
+        "emulation / ours (peak rise) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for shape, roi, overlap in memory:
+        ours = peak_memory("ours", shape, roi, overlap, args.threads)
+        emul = peak_memory("emulation", shape, roi, overlap, args.threads)
+        extra_ours = ours["total"] - ours["output"] - ours["activations"]
+        extra_emul = emul["total"] - emul["output"] - emul["activations"]
+        roi_text = "full slice" if roi is None else f"{roi[0]}²"
+        lines.append(
+            f"| {'×'.join(map(str, shape))} | {roi_text} | {overlap} | {mib(ours['input'])} | {mib(ours['output'])} | "
+            f"{mib(extra_ours)} | {mib(extra_emul)} | {emul['total'] / max(ours['total'], 1):.1f} |"
+        )
+        print(lines[-1], flush=True)
+    run_kind = "--quick" if args.quick else "full"
+    lines += ["", f"Total benchmark time: {time.perf_counter() - started:.0f} s ({run_kind})."]
+    table = "\n".join(lines)
+    print("\n" + table)
+    out = REPO / "benchmarks" / "results" / "inferer.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("# SlidingWindowSliceInferer benchmark\n\n" + table + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+"""monai_unet2.handlers: small ignite/MONAI handler helpers used by the bundles."""
+
+from .metrics import class_output_transform

@@ -1,0 +1,206 @@
+"""Window grid, neighbour-slice gathering and output selection for :class:`SlidingWindowSliceInferer`.
+
+The in-plane window grid is the same for every slice of a volume, so it is built once per call (and per view)
+together with the blending weights already divided by the overlap count: writing ``prediction * weight`` into the
+output is then the whole stitching step, and no volume-sized count map is ever needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from monai.data.utils import compute_importance_map, dense_patch_slices, get_valid_patch_size
+from monai.utils import BlendMode, PytorchPadMode, ensure_tuple_rep, fall_back_tuple, look_up_option
+
+__all__ = [
+    "PlaneWindowGrid",
+    "plane_scan_interval",
+    "build_plane_window_grid",
+    "neighbour_indices",
+    "gather_window",
+    "select_output",
+]
+
+
+def plane_scan_interval(
+    plane_size: Sequence[int], roi_size: Sequence[int], overlap: Sequence[float]
+) -> tuple[int, ...]:
+    """Step between window starts, following the rule of MONAI's ``sliding_window_inference``.
+
+    MONAI keeps this rule in a private helper (``monai.inferers.utils._get_scan_interval``); it is restated here
+    (step ``int(roi * (1 - overlap))``, at least 1, and one window when it covers the axis) so that the grid is
+    identical to MONAI's without depending on a private name.
+
+    Args:
+        plane_size: in-plane size after padding, one entry per axis.
+        roi_size: window size, one entry per axis.
+        overlap: fraction of overlap between neighbouring windows, one entry per axis.
+    """
+    intervals = []
+    for size, roi, ovl in zip(plane_size, roi_size, overlap):
+        intervals.append(roi if roi == size else max(int(roi * (1 - ovl)), 1))
+    return tuple(intervals)
+
+
+@dataclass(frozen=True)
+class PlaneWindowGrid:
+    """In-plane windows of one slice, shared by every slice of a view.
+
+    Attributes:
+        window_size: size of every window (the network input size).
+        pad: ``F.pad`` amounts ``(left, right, top, bottom)`` applied to a window gathered from the plane, non-zero
+            only along axes where the window is larger than the plane.
+        source: per window, the region of the unpadded plane it reads (and writes back).
+        target: per window, where that region lies inside the window.
+        weights: ``(n_windows, 1, h, w)`` blending weights already divided by the overlap count, so that summing
+            ``prediction * weight`` over windows gives the blended prediction.
+    """
+
+    window_size: tuple[int, int]
+    pad: tuple[int, int, int, int]
+    source: list[tuple[slice, slice]]
+    target: list[tuple[slice, slice]]
+    weights: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+
+def build_plane_window_grid(
+    plane_size: Sequence[int],
+    roi_size: Sequence[int | None] | int | None,
+    overlap: Sequence[float] | float,
+    mode: BlendMode | str,
+    sigma_scale: Sequence[float] | float,
+    device: torch.device | str,
+) -> PlaneWindowGrid:
+    """Build the window grid of a plane with MONAI's ``dense_patch_slices`` and ``compute_importance_map``.
+
+    Like ``sliding_window_inference``, a plane smaller than the window is padded symmetrically (extra pixel after)
+    to the window size and the grid lives in padded coordinates; the padding is applied per gathered window, never
+    to the volume.
+
+    Args:
+        plane_size: ``(P, Q)`` size of a slice.
+        roi_size: window size; ``None``, 0 or -1 entries mean the full slice extent.
+        overlap: overlap fraction in ``[0, 1)``, one value or one per axis.
+        mode: ``"constant"`` or ``"gaussian"`` blending.
+        sigma_scale: Gaussian sigma as a fraction of the window size (MONAI's default is 0.125).
+        device: device of the weights (the device the network runs on).
+    """
+    plane = tuple(int(s) for s in plane_size)
+    roi = fall_back_tuple(roi_size, plane)
+    overlaps = ensure_tuple_rep(overlap, 2)
+    if any(not 0 <= o < 1 for o in overlaps):
+        raise ValueError(f"overlap must be >= 0 and < 1, got {overlap}.")
+    padded = tuple(max(p, r) for p, r in zip(plane, roi))
+    before = [(pp - p) // 2 for pp, p in zip(padded, plane)]
+    after = [pp - p - b for pp, p, b in zip(padded, plane, before)]
+    windows = dense_patch_slices(padded, roi, plane_scan_interval(padded, roi, overlaps))
+    window_size = get_valid_patch_size(padded, roi)
+    importance = compute_importance_map(
+        window_size, mode=look_up_option(mode, BlendMode), sigma_scale=sigma_scale, device=device, dtype=torch.float32
+    )
+    count = torch.zeros(padded, dtype=torch.float32, device=device)
+    for window in windows:
+        count[window] += importance
+    source, target, weights = [], [], []
+    for window in windows:
+        src, tgt = [], []
+        for axis, sl in enumerate(window):
+            start = max(sl.start - before[axis], 0)
+            stop = min(sl.stop - before[axis], plane[axis])
+            src.append(slice(start, stop))
+            tgt.append(slice(start + before[axis] - sl.start, stop + before[axis] - sl.start))
+        source.append((src[0], src[1]))
+        target.append((tgt[0], tgt[1]))
+        weights.append(importance / count[window])
+    return PlaneWindowGrid(
+        window_size=(int(window_size[0]), int(window_size[1])),
+        pad=(before[1], after[1], before[0], after[0]),
+        source=source,
+        target=target,
+        weights=torch.stack(weights)[:, None],
+    )
+
+
+def neighbour_indices(num_slices: int, context_slices: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``(num_slices, 2k+1)`` indices of slices ``s-k..s+k`` clamped to the volume.
+
+    Indexing the slice axis with clamped indices is replicate padding without making a padded copy.
+
+    Args:
+        num_slices: length of the slice axis.
+        context_slices: neighbours on each side (k).
+        device: device of the returned indices (that of the volume).
+    """
+    offsets = torch.arange(-context_slices, context_slices + 1, device=device)
+    centres = torch.arange(num_slices, device=device)[:, None]
+    return (centres + offsets[None]).clamp_(0, num_slices - 1)
+
+
+def gather_window(
+    slices: torch.Tensor,
+    indices: Sequence[int],
+    out: torch.Tensor,
+    pad: tuple[int, int, int, int],
+    padding_mode: PytorchPadMode | str,
+    cval: float,
+) -> None:
+    """Copy the neighbour slices of one window into ``out`` as channels ``c * (2k+1) + (offset + k)``.
+
+    Each neighbour is copied as one 2D plane: when the slice axis is the innermost axis in memory (``D`` of a
+    C-contiguous ``(B, C, H, W, D)`` volume), torch copies a single strided plane quickly but a block of a few
+    adjacent slices (and ``index_select``, which makes its input contiguous first) far more slowly.
+
+    Args:
+        slices: ``(C, S, h', w')`` view of the window region on every slice of one batch item.
+        indices: the ``2k+1`` slice indices (clamped) of the neighbours.
+        out: ``(C * (2k+1), h, w)`` contiguous destination inside the window batch.
+        pad: ``F.pad`` amounts when the window is larger than the plane.
+        padding_mode: in-plane padding mode (MONAI ``PytorchPadMode``).
+        cval: fill value for ``"constant"`` padding.
+    """
+    channels, _, rows, cols = slices.shape
+    if any(pad):
+        stacked = torch.empty((channels, len(indices), rows, cols), dtype=out.dtype, device=out.device)
+    else:
+        stacked = out.view(channels, len(indices), rows, cols)
+    for position, index in enumerate(indices):
+        stacked[:, position].copy_(slices[:, index])
+    if any(pad):
+        mode = look_up_option(padding_mode, PytorchPadMode)
+        extra = {"value": cval} if mode == PytorchPadMode.CONSTANT else {}
+        out.copy_(F.pad(stacked.flatten(0, 1)[None], pad, mode=mode, **extra)[0])
+
+
+def select_output(prediction: Any, output_index: int | str) -> torch.Tensor:
+    """Pick one tensor from a network output that may be a tensor, a list / tuple, or a dict.
+
+    Args:
+        prediction: what the network returned.
+        output_index: position in a list / tuple (U2Net's deep-supervision list has the fused output first), key
+            of a dict, or position among a dict's keys in insertion order.
+    """
+    if isinstance(prediction, torch.Tensor):
+        return prediction
+    if isinstance(prediction, Mapping):
+        if isinstance(output_index, str):
+            if output_index not in prediction:
+                raise KeyError(f"network output has no key {output_index!r}; keys: {list(prediction)}.")
+            return prediction[output_index]
+        keys = list(prediction)
+        if not -len(keys) <= output_index < len(keys):
+            raise IndexError(f"output_index {output_index} out of range for a dict output with keys {keys}.")
+        return prediction[keys[output_index]]
+    if isinstance(prediction, Sequence):
+        if isinstance(output_index, str):
+            raise TypeError(f"output_index {output_index!r} is a key, but the network returned a {type(prediction)}.")
+        if not -len(prediction) <= output_index < len(prediction):
+            raise IndexError(f"output_index {output_index} out of range for {len(prediction)} network outputs.")
+        return prediction[output_index]
+    raise TypeError(f"network returned {type(prediction)}; expected a tensor, a list / tuple or a dict of tensors.")
