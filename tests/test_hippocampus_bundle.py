@@ -1,0 +1,152 @@
+"""The hippocampus bundle, run the way users run it: ``python -m monai.bundle ...`` from outside the bundle."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLE = ROOT / "bundles" / "hippocampus_unet25d_segmentation"
+SCHEMA = ROOT / "bundles" / "metadata_schema.json"
+SAMPLE = BUNDLE / "sample_data"
+DCMQI_CT = ROOT / "tests" / "data" / "dicom" / "dcmqi_ct3slice" / "ct"
+
+pytestmark = pytest.mark.slow
+
+
+def bundle(command: str, cwd: Path, *args: str, config: str | None = None, timeout: int = 600) -> str:
+    """Run ``python -m monai.bundle <command>`` in ``cwd`` and return its output; fail with the output on error."""
+    argv = [sys.executable, "-m", "monai.bundle", command]
+    if command != "verify_metadata":
+        argv += ["--bundle_root", str(BUNDLE), "--meta_file", str(BUNDLE / "configs" / "metadata.json")]
+    if config:
+        argv += ["--config_file", str(BUNDLE / "configs" / config)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    result = subprocess.run(argv + list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"monai.bundle {command} failed:\n{output[-6000:]}"
+    return output
+
+
+def dice(prediction: np.ndarray, truth: np.ndarray, label: int) -> float:
+    p, t = prediction == label, truth == label
+    return 2.0 * np.logical_and(p, t).sum() / (p.sum() + t.sum())
+
+
+def test_metadata_verifies_against_the_schema_kept_in_the_repo(tmp_path):
+    meta = BUNDLE / "configs" / "metadata.json"
+    output = bundle("verify_metadata", tmp_path, "--meta_file", str(meta), "--filepath", str(SCHEMA))
+    assert "metadata is verified with no error" in output
+    broken = json.loads(meta.read_text())
+    del broken["network_data_format"]["outputs"]["pred"]["channel_def"]
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", str(tmp_path / "broken.json"),
+         "--filepath", str(SCHEMA)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode != 0 and "channel_def" in result.stdout + result.stderr
+
+
+def test_labels_and_dimension_for_monai_label():
+    meta = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
+    outputs = meta["network_data_format"]["outputs"]["pred"]
+    assert outputs["channel_def"] == {"0": "background", "1": "anterior", "2": "posterior"}
+    assert len(meta["network_data_format"]["inputs"]["image"]["spatial_shape"]) == 3
+
+
+def test_network_in_out_and_torchscript_export(tmp_path):
+    # The network is 2D on 2k+1 = 5 channels; the bundle's input is a 3D volume the inferer slices.
+    network_shape = ["--_meta_#network_data_format#inputs#image#num_channels", "5",
+                     "--_meta_#network_data_format#inputs#image#spatial_shape", "[48, 64]",
+                     "--_meta_#network_data_format#outputs#pred#spatial_shape", "[48, 64]"]
+    output = bundle("verify_net_in_out", tmp_path, "network_def", *network_shape, config="inference.json")
+    assert "data shape of network is verified with no error" in output
+    exported = tmp_path / "model.ts"
+    bundle("ckpt_export", tmp_path, "network_def", "--filepath", str(exported),
+           "--ckpt_file", str(BUNDLE / "models" / "model.pt"), "--use_trace", "True",
+           "--input_shape", "[1, 5, 48, 64]", config="inference.json")
+    from monai_unet2.networks import UNet
+
+    network = UNet(spatial_dims=2, in_channels=5, out_channels=3, features=32)
+    network.load_state_dict(torch.load(BUNDLE / "models" / "model.pt", weights_only=True))
+    network.eval()
+    image = nib.load(SAMPLE / "imagesTr" / "hippocampus_004.nii.gz").get_fdata(dtype=np.float32)
+    image = (image - image.mean()) / image.std()
+    middle = image.shape[2] // 2
+    stack = torch.from_numpy(np.moveaxis(image[:, :, middle - 2 : middle + 3], 2, 0)[None].copy())
+    stack = torch.nn.functional.pad(stack, (0, 64 - stack.shape[-1], 0, 48 - stack.shape[-2]))
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.load(str(exported))(stack), network(stack), rtol=1e-4, atol=1e-4)
+
+
+def test_inference_writes_labels_in_each_inputs_space_with_dice_above_0_8(tmp_path):
+    bundle("run", tmp_path, "--output_dir", str(tmp_path / "out"), config="inference.json")
+    written = sorted((tmp_path / "out").glob("*_seg.nii.gz"))
+    assert len(written) == 12
+    scores = []
+    for path in written:
+        case = path.name.replace("_seg.nii.gz", ".nii.gz")
+        source, truth = nib.load(SAMPLE / "imagesTr" / case), nib.load(SAMPLE / "labelsTr" / case)
+        result = nib.load(path)
+        assert result.shape == source.shape
+        np.testing.assert_allclose(result.affine, source.affine, atol=1e-5)
+        labels = np.asarray(result.dataobj)
+        assert set(np.unique(labels)) <= {0, 1, 2}
+        truth_labels = np.asarray(truth.dataobj).astype(np.uint8)
+        scores.append([dice(labels, truth_labels, 1), dice(labels, truth_labels, 2)])
+    anterior, posterior = np.mean(scores, axis=0)
+    print(f"sample Dice with shipped weights: anterior {anterior:.3f}, posterior {posterior:.3f}")
+    assert anterior > 0.8 and posterior > 0.8
+
+
+def test_evaluate_writes_per_case_dice_and_hd95(tmp_path):
+    bundle("run", tmp_path, "--output_dir", str(tmp_path / "evaluation"), config="evaluate.json")
+    with open(tmp_path / "evaluation" / "dice_raw.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 12 and {"class0", "class1", "mean"} <= set(rows[0])
+    assert np.mean([float(row["class0"]) for row in rows]) > 0.8
+    assert np.mean([float(row["class1"]) for row in rows]) > 0.8
+    with open(tmp_path / "evaluation" / "hd95_raw.csv") as handle:
+        hd95 = [float(row["mean"]) for row in csv.DictReader(handle)]
+    assert len(hd95) == 12 and 0 < np.mean(hd95) < 5.0  # millimetres at 1 mm voxels
+
+
+def test_dicom_series_input_gets_nifti_and_dicom_seg_on_the_ct_grid(tmp_path):
+    from monai.transforms import LoadImage
+
+    from monai_unet2.transforms import DicomSeriesReader, seg_to_grid
+
+    shutil.copytree(DCMQI_CT, tmp_path / "inputs" / "ct_series")
+    bundle("run", tmp_path, "--dataset_dir", str(tmp_path / "inputs"), "--output_dir", str(tmp_path / "out"),
+           "--output_format", "dicom_seg", config="inference.json")
+    ct = LoadImage(reader=DicomSeriesReader(), image_only=True)(str(DCMQI_CT))
+    label = nib.load(tmp_path / "out" / "ct_series_seg.nii.gz")
+    assert label.shape == tuple(ct.shape)
+    ras_to_lps = np.diag([-1.0, -1.0, 1.0, 1.0])
+    np.testing.assert_allclose(ras_to_lps @ label.affine, ras_to_lps @ np.asarray(ct.affine), atol=1e-4)
+    segmentation = tmp_path / "out" / "ct_series_seg.dcm"
+    assert segmentation.is_file()
+    decoded, segments = seg_to_grid(str(segmentation), np.asarray(ct.affine), ct.shape)
+    labels = np.asarray(label.dataobj)
+    assert [segment["label"] for segment in segments] == ["anterior", "posterior"]
+    for channel, value in enumerate((1, 2)):
+        np.testing.assert_array_equal(decoded[channel] > 0, labels == value)
+
+
+def test_short_training_run_from_another_directory(tmp_path):
+    output = bundle("run", tmp_path, "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval"),
+                    "--max_epochs", "1", "--slices_per_volume", "2", config="train.json")
+    assert "val_mean_dice" in output and "boundary_weight" in output
+    state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    shipped = torch.load(BUNDLE / "models" / "model.pt", weights_only=True)
+    assert state.keys() == shipped.keys()
+    assert not (BUNDLE / "eval").exists()
