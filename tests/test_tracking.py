@@ -1,0 +1,222 @@
+"""Unit tests of monai_unet2.tracking with real MLflow stores (SQLite in tmp_path), no server, no bundle run."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Engine, Events
+from monai.bundle import ConfigParser
+
+pytest.importorskip("mlflow")
+import mlflow  # noqa: E402
+
+from monai_unet2.networks import UNet  # noqa: E402
+from monai_unet2.tracking import (  # noqa: E402
+    TrackedMLFlowHandler,
+    assign_alias,
+    config_snapshot,
+    dataset_digest,
+    default_tracking_uri,
+    export_bundle,
+    load_model,
+    render_preview,
+    unique_run_name,
+)
+from monai_unet2.tracking.bundle_model import stage_bundle  # noqa: E402
+from monai_unet2.tracking.handlers import HOST_TAG, PID_TAG  # noqa: E402
+from monai_unet2.tracking.settings import host_name  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundles" / "hippocampus_unet25d_segmentation"
+SAMPLE_IMAGES = BUNDLE / "sample_data" / "imagesTr"
+
+
+@pytest.fixture
+def no_env_uri(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def _engine(iterations: int = 3) -> Engine:
+    def step(engine, batch):
+        return [{"loss": torch.tensor(float(batch))}]
+
+    engine = Engine(step)
+    engine.add_event_handler(
+        Events.EPOCH_COMPLETED, lambda e: e.state.metrics.update(boundary_weight=0.01 * e.state.epoch)
+    )
+    engine.state_data = list(range(iterations))
+    return engine
+
+
+def test_default_tracking_uri_is_absolute_sqlite_in_output_dir(tmp_path, monkeypatch, no_env_uri):
+    monkeypatch.chdir(tmp_path)
+    uri = default_tracking_uri("relative/eval")
+    assert uri == f"sqlite:///{(tmp_path / 'relative' / 'eval' / 'mlflow.db').as_posix()}"
+    assert (tmp_path / "relative" / "eval").is_dir()
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "2"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
+    assert default_tracking_uri("other") == "http://127.0.0.1:1"
+    assert not (tmp_path / "other").exists()
+
+
+def test_unique_run_names_differ():
+    names = {unique_run_name() for _ in range(50)}
+    assert len(names) == 50 and all(n.startswith("run_") for n in names)
+
+
+def test_dataset_digest_tracks_names_and_sizes_not_order(tmp_path):
+    files = []
+    for name, size in (("a.nii.gz", 10), ("b.nii.gz", 20)):
+        (tmp_path / name).write_bytes(b"x" * size)
+        files.append({"image": str(tmp_path / name), "label": str(tmp_path / name)})
+    first = dataset_digest({"train": files, "val": files[:1]})
+    assert first["dataset_train_files"] == "4" and first["dataset_val_files"] == "2"
+    assert dataset_digest({"val": files[:1], "train": files[::-1]}) == first
+    (tmp_path / "b.nii.gz").write_bytes(b"x" * 21)
+    assert dataset_digest({"train": files, "val": files[:1]})["dataset_digest"] != first["dataset_digest"]
+    assert dataset_digest({"train": files[:1], "val": files})["dataset_digest"] != first["dataset_digest"]
+
+
+def test_config_snapshot_finds_the_parser_and_resolved_values():
+    parser = ConfigParser(
+        {
+            "epochs": 3,
+            "doubled": "$@epochs * 2",
+            "out": "$'/abs/' + str(@doubled)",
+            "parser": "$monai_unet2.tracking.active_config_parser()",
+            "net": {"_target_": "torch.nn.Identity"},
+        },
+        globals={"monai_unet2": "monai_unet2"},
+    )
+    parser["epochs"] = 4  # an override, as `--epochs 4` does
+    assert parser.get_parsed_content("parser") is parser
+    parser.get_parsed_content("out")
+    parser.get_parsed_content("net")
+    snapshot = config_snapshot(parser)
+    assert snapshot["config"]["epochs"] == 4 and snapshot["config"]["doubled"] == "$@epochs * 2"
+    assert snapshot["resolved"]["doubled"] == 8 and snapshot["resolved"]["out"] == "/abs/8"
+    assert "net" not in snapshot["resolved"] and "parser" not in snapshot["resolved"]
+
+
+def test_handler_logs_into_one_run_and_marks_dead_runs(tmp_path, no_env_uri):
+    uri = default_tracking_uri(tmp_path)
+    client = mlflow.MlflowClient(uri)
+    experiment = client.create_experiment("exp", artifact_location=(tmp_path / "art").as_uri())
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = client.create_run(
+        experiment, run_name="crashed", tags={HOST_TAG: host_name(), PID_TAG: dead.stdout.strip()}
+    )
+    alive = client.create_run(experiment, run_name="other", tags={HOST_TAG: host_name(), PID_TAG: str(os.getpid())})
+
+    handler = TrackedMLFlowHandler(
+        tracking_uri=uri,
+        experiment_name="exp",
+        experiment_param={"learning_rate": 0.1},
+        datalists={"train": [str(SAMPLE_IMAGES / "hippocampus_004.nii.gz")]},
+        bundle_root=BUNDLE,
+        output_transform=lambda output: output[0]["loss"],
+        close_on_complete=True,
+    )
+    engine = _engine()
+    handler.attach(engine)
+    engine.run(engine.state_data, max_epochs=2)
+
+    assert client.get_run(stale.info.run_id).info.status == "KILLED"
+    assert client.get_run(alive.info.run_id).info.status == "RUNNING"
+    run = client.get_run(handler.run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == handler.run_name != "crashed"
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "Loss")] == [0.0, 1.0, 2.0] * 2
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "boundary_weight")] == [0.01, 0.02]
+    assert run.data.params["learning_rate"] == "0.1" and len(run.data.params["dataset_digest"]) == 64
+    assert run.data.tags["version_monai"] and run.data.tags[PID_TAG] == str(os.getpid())
+    assert "git_commit" in run.data.tags or not (REPO / ".git").exists()
+
+
+def test_dead_server_switches_tracking_off_with_one_error(monkeypatch, caplog):
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    handler = TrackedMLFlowHandler(
+        tracking_uri=f"http://127.0.0.1:{port}", experiment_name="exp", output_transform=lambda o: o[0]["loss"]
+    )
+    engine = _engine()
+    handler.attach(engine)
+    with caplog.at_level(logging.ERROR, logger="monai_unet2.tracking.handlers"):
+        state = engine.run(engine.state_data, max_epochs=2)
+    assert state.epoch == 2 and state.iteration == 6
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, errors
+    assert f"http://127.0.0.1:{port}" in errors[0] and "starting the run" in errors[0] and "switched off" in errors[0]
+    assert handler.disabled and handler.run_id is None
+
+
+def test_champion_moves_only_to_a_better_version(tmp_path, no_env_uri):
+    client = mlflow.MlflowClient(default_tracking_uri(tmp_path))
+    client.create_registered_model("m")
+
+    def version(score: str | None) -> str:
+        tags = {} if score is None else {"val_mean_dice": score}
+        return client.create_model_version("m", source=(tmp_path / "src").as_uri(), tags=tags).version
+
+    v1 = version("0.5")
+    assert assign_alias(client, "m", v1, "val_mean_dice", 0.5) == "champion"
+    v2 = version("0.4")
+    assert assign_alias(client, "m", v2, "val_mean_dice", 0.4) == "challenger"
+    v3 = version("0.5")
+    assert assign_alias(client, "m", v3, "val_mean_dice", 0.5) == "challenger"  # a tie keeps the champion
+    v4 = version("0.7")
+    assert assign_alias(client, "m", v4, "val_mean_dice", 0.7) == "champion"
+    model = client.get_registered_model("m")
+    assert model.aliases == {"champion": v4, "challenger": v3}
+    assert assign_alias(client, "m", version(None), "loss", 0.1, greater_is_better=False) == "challenger"
+
+
+def test_stage_load_and_export_a_local_bundle(tmp_path):
+    torch.manual_seed(0)
+    network = UNet(spatial_dims=2, in_channels=5, out_channels=3, features=32)
+    bundle = stage_bundle(BUNDLE, network.state_dict(), tmp_path / "bundle")
+    assert (bundle / "configs" / "inference.json").is_file() and (bundle / "LICENSE").is_file()
+    loaded = load_model(str(bundle))
+    assert not loaded.training
+    x = torch.randn(2, 5, 48, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), network.eval()(x))
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "file").write_text("x")
+    with pytest.raises(FileExistsError, match="busy"):
+        export_bundle("models:/m@champion", tmp_path / "busy")
+    with pytest.raises(FileNotFoundError, match="not a bundle"):
+        stage_bundle(tmp_path, {}, tmp_path / "nope")
+
+
+def test_export_bundle_cli_reports_errors(tmp_path, capsys):
+    from monai_unet2.tracking.__main__ import main
+
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "file").write_text("x")
+    assert main(["export-bundle", "models:/m@champion", str(tmp_path / "busy")]) == 1
+    assert "export destination exists and is not empty" in capsys.readouterr().err
+
+
+def test_render_preview_writes_a_png(tmp_path):
+    image = np.random.default_rng(0).normal(size=(20, 24, 10)).astype(np.float32)
+    label = np.zeros((20, 24, 10), dtype=np.int64)
+    label[5:10, 6:12, 7] = 1
+    label[12:15, 6:12, 7] = 2
+    path = tmp_path / "p.png"
+    assert render_preview([(image, label, label), (image, label, np.zeros_like(label))], str(path), "epoch 1") == 2
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 2000
+    flat = tmp_path / "flat.png"
+    assert (
+        render_preview([(image[..., 7], label[..., 7], label[..., 7])], str(flat)) == 1 and flat.stat().st_size > 2000
+    )
