@@ -57,6 +57,23 @@ elif lazy not in text:
     raise SystemExit(f"setup_monailabel.sh: unexpected content in {post}; cannot make its torchvision import lazy")
 PY
 
+# MONAI 1.6's Spacingd treats every key that starts with "<key>_" as a meta dict and calls .update() on it; MONAI
+# Label adds the string "image_path", so every /infer through a bundle with Spacingd fails. Guard that one line.
+"$venv/bin/python" - <<'PY'
+import pathlib
+
+import monai
+
+spatial = pathlib.Path(monai.__file__).parent / "transforms" / "spatial" / "dictionary.py"
+text = spatial.read_text()
+unsafe = '                    if "filename_or_obj" in d[key].meta and is_supported_format(\n'
+safe = '                    if isinstance(d[meta_key], dict) and "filename_or_obj" in d[key].meta and is_supported_format(\n'
+if text.count(unsafe) == 1:
+    spatial.write_text(text.replace(unsafe, safe))
+elif text.count(safe) != 1:
+    raise SystemExit(f"setup_monailabel.sh: unexpected content in {spatial}; cannot guard Spacingd's meta-dict update")
+PY
+
 "$venv/bin/python" - <<'PY'
 import pydicom
 import torch

@@ -33,7 +33,7 @@ __all__ = [
 #: the name of the pyfunc artifact that holds the bundle folder (``<model>/artifacts/bundle``)
 BUNDLE_ARTIFACT = "bundle"
 _MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
-_FILE_LOADERS = {"LoadImaged", "LoadImage"}
+_FILE_LOADERS = {"LoadImaged", "LoadImage", "SafeLoadImaged", "SafeLoadImage"}
 _downloads: dict[tuple[str, str | None], Path] = {}
 
 

@@ -1,5 +1,17 @@
 """monai_unet2.transforms: DICOM series / SEG loading, 2.5D slice sampling and signed distance maps."""
 
+from .checks import (
+    CheckVolumeD,
+    CheckVolumeDict,
+    CheckVolumed,
+    SafeLoadImage,
+    SafeLoadImageD,
+    SafeLoadImageDict,
+    SafeLoadImaged,
+    VolumeFileError,
+    describe_read_error,
+    grid_distance_mm,
+)
 from .dicom_checks import DicomSeriesError
 from .dicom_reader import DicomSeries, DicomSeriesReader, decoder_available
 from .dicom_seg import DicomSegError, LoadDicomSegD, LoadDicomSegd, LoadDicomSegDict, seg_to_grid

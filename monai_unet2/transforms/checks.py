@@ -1,0 +1,310 @@
+"""Input checks for volumes: a clear error naming the file for unreadable files and volumes that would train or
+infer on garbage.
+
+Two things go wrong with NIfTI (and other volume) files from the field, and MONAI reports neither in terms of the file:
+
+- reading: a truncated ``.nii.gz`` fails deep inside nibabel/gzip with ``EOFError: Compressed file ended before the
+  end-of-stream marker was reached`` and no file name (``LoadImage`` only wraps failures while *choosing* a reader;
+  nibabel reads the voxels lazily, later, in ``get_data``). :class:`SafeLoadImage` / :class:`SafeLoadImaged` re-raise
+  any read failure as :class:`VolumeFileError` with the path and the likely cause.
+- content: NaN/Inf intensities, a 4D (time series or multi-component) file where a 3D volume is expected, zero-size
+  dimensions, a label on another grid than its image, label values outside the label set. MONAI, nibabel and
+  SimpleITK load such files without complaint and the pipeline carries on (NaN losses, a misaligned label, a crash
+  in one-hot encoding much later). :class:`CheckVolumed` checks them right after ``EnsureChannelFirstd`` and raises
+  :class:`VolumeFileError` naming the file(s) and what is wrong. nnU-Net's dataset-integrity check tests the same
+  things offline; nothing in MONAI does it inside a pipeline.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import zlib
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.transforms import LoadImage, LoadImaged, MapTransform
+from monai.utils import ensure_tuple, ensure_tuple_rep
+
+from .dicom_checks import DicomSeriesError
+
+__all__ = [
+    "CheckVolumeD",
+    "CheckVolumeDict",
+    "CheckVolumed",
+    "SafeLoadImage",
+    "SafeLoadImageD",
+    "SafeLoadImageDict",
+    "SafeLoadImaged",
+    "VolumeFileError",
+    "describe_read_error",
+    "grid_distance_mm",
+]
+
+logger = logging.getLogger(__name__)
+
+NONFINITE_POLICIES = (False, "zero")
+
+
+class VolumeFileError(ValueError):
+    """A volume file that cannot be read or must not be used; the message names the file(s) and the problem."""
+
+
+def _lines(text: str) -> list[str]:
+    return [line.strip() for line in str(text).splitlines() if line.strip()]
+
+
+def describe_read_error(filename: Any, error: BaseException) -> str:
+    """A one-line message for a failed image read: the file, the likely cause and the original error.
+
+    Args:
+        filename: what was passed to the loader (a path or a sequence of paths).
+        error: the exception raised while reading.
+    """
+    names = ensure_tuple(filename)
+    path = str(names[0]) if len(names) == 1 else ", ".join(str(name) for name in names)
+    detail = f"{type(error).__name__}: {' '.join(_lines(str(error))) or 'no message'}"
+    if len(names) == 1 and isinstance(names[0], (str, os.PathLike)) and not os.path.exists(names[0]):
+        return f"{path}: cannot read image (file not found)"
+    if isinstance(error, (EOFError, zlib.error, gzip.BadGzipFile)):
+        cause = "truncated or corrupt gzip data"
+    elif isinstance(error, FileNotFoundError):
+        cause = "file not found"
+    elif isinstance(error, PermissionError):
+        cause = "permission denied"
+    elif isinstance(error, OSError) and "bytes" in str(error):
+        cause = "file shorter than its header says (truncated)"
+    elif isinstance(error, RuntimeError) and "cannot find a suitable reader" in str(error):
+        cause = "no image reader accepted it (not an image file, or damaged)"
+        detail = (_lines(str(error)) or [""])[-1]
+    elif type(error).__name__ == "ImageFileError":
+        cause = "not a recognised image file (damaged header or wrong extension)"
+    else:
+        cause = "read failed"
+    return f"{path}: cannot read image ({cause}: {detail})"
+
+
+class SafeLoadImage(LoadImage):
+    """``monai.transforms.LoadImage`` whose read failures name the file: any error while reading becomes a
+    :class:`VolumeFileError` ``"<path>: cannot read image (<cause>: <original error>)"``, chained to the original.
+
+    Errors that already name the file (:class:`VolumeFileError`,
+    :class:`~monai_unet2.transforms.dicom_checks.DicomSeriesError`) pass through unchanged. Arguments are those of
+    ``LoadImage``.
+    """
+
+    def __call__(self, filename: Any, reader: Any = None) -> Any:
+        try:
+            return super().__call__(filename, reader)
+        except (VolumeFileError, DicomSeriesError):
+            raise
+        except Exception as error:
+            raise VolumeFileError(describe_read_error(filename, error)) from error
+
+
+class SafeLoadImaged(LoadImaged):
+    """``monai.transforms.LoadImaged`` with :class:`SafeLoadImage` as its loader: a truncated or corrupt file gives a
+    :class:`VolumeFileError` naming the file instead of a bare ``EOFError`` from gzip.
+
+    A subclass (not a wrapper) so code that looks for ``LoadImaged`` in a pipeline with ``isinstance`` (MONAI
+    Label's bundle inference task) still recognises it. The loader ``LoadImaged`` built is re-classed by copying its
+    state, so its registered readers are reused rather than constructed twice. Arguments are those of
+    ``LoadImaged``.
+    """
+
+    def __init__(self, keys: KeysCollection, *args: Any, **kwargs: Any) -> None:
+        super().__init__(keys, *args, **kwargs)
+        safe_loader = SafeLoadImage.__new__(SafeLoadImage)
+        safe_loader.__dict__.update(self._loader.__dict__)
+        self._loader = safe_loader
+
+
+def grid_distance_mm(affine_a: Any, affine_b: Any, spatial_shape: Sequence[int]) -> float:
+    """The largest distance (in world units, mm for NIfTI/DICOM) between where two affines put the same voxel,
+    over a grid of ``spatial_shape``.
+
+    The displacement between two affine maps is itself affine, so its largest norm over the grid's bounding box is
+    reached at one of the ``2 ** spatial_dims`` corner voxels; those are the only points evaluated.
+
+    Args:
+        affine_a: voxel-to-world matrix, ``(r + 1, r + 1)``.
+        affine_b: voxel-to-world matrix of the same size.
+        spatial_shape: grid size; corners are the voxel centres ``0`` and ``size - 1`` along each axis.
+    """
+    a = np.asarray(affine_a.detach().cpu() if isinstance(affine_a, torch.Tensor) else affine_a, dtype=np.float64)
+    b = np.asarray(affine_b.detach().cpu() if isinstance(affine_b, torch.Tensor) else affine_b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"affines of different sizes: {a.shape} and {b.shape}")
+    rank = a.shape[0] - 1
+    extents = [max(int(size) - 1, 0) for size in spatial_shape][:rank]
+    extents += [0] * (rank - len(extents))
+    corners = np.array(np.meshgrid(*[[0, extent] for extent in extents], indexing="ij")).reshape(rank, -1)
+    homogeneous = np.vstack([corners, np.ones((1, corners.shape[1]))])
+    displacement = (a - b)[:rank] @ homogeneous
+    return float(np.linalg.norm(displacement, axis=0).max())
+
+
+def _filename(value: Any, key: Hashable) -> str:
+    meta = getattr(value, "meta", None)
+    name = meta.get("filename_or_obj") if isinstance(meta, Mapping) else None
+    return str(name) if name else f"<{key}: no file name in metadata>"
+
+
+class CheckVolumed(MapTransform):
+    """Refuse volumes that would silently train or infer on garbage, with a :class:`VolumeFileError` naming the file.
+
+    Place it right after ``LoadImaged`` + ``EnsureChannelFirstd`` (arrays are channel-first ``(C, *spatial)``
+    ``MetaTensor``\\ s carrying ``filename_or_obj`` and ``affine``). For every key it checks, in order:
+
+    1. no zero-size dimension (nibabel loads a ``36 x 0 x 38`` volume as an empty array without complaint);
+    2. ``expected_spatial_dims`` spatial dimensions and ``expected_channels`` channels. ``EnsureChannelFirstd``
+       turns a 4D NIfTI (x, y, z, t) into ``(t, x, y, z)``: a 4D file shows up as too many channels, a 5D one
+       (x, y, z, 1, c) as an extra dimension;
+    3. finite intensities: NaN/Inf are an error, or with ``allow_nonfinite="zero"`` are replaced by 0 and logged
+       (a documented tolerance for scanners that write NaN outside the field of view);
+    4. for ``label_key``: every value is in ``expected_labels`` (the message lists the unexpected values and their
+       voxel counts).
+
+    Then every other key must share the geometry of ``reference_key``: the same spatial shape, and affines that put
+    every voxel within ``affine_tolerance`` (mm) of the same place (see :func:`grid_distance_mm`).
+
+    The transform does not change geometry, so ``Invertd`` is unaffected.
+
+    Args:
+        keys: keys to check (e.g. ``("image", "label")``; ``"image"`` alone for inference).
+        label_key: the key holding the label map, or ``None`` when there is none.
+        expected_labels: the allowed label values (e.g. ``[0, 1, 2]``); ``None`` skips the label-value check.
+        allow_nonfinite: ``False`` (NaN/Inf is an error) or ``"zero"`` (replace with 0 and log a warning).
+        expected_spatial_dims: number of spatial dimensions (3 for volumes, 2 for images); ``None`` skips the check.
+        expected_channels: channels per key after ``EnsureChannelFirstd``: one int for all keys, one per key, or
+            ``None`` to skip.
+        affine_tolerance: largest allowed distance in mm between where two keys' affines put the same voxel.
+        reference_key: the key whose geometry the others must match; default the first key that is not the label.
+        allow_missing_keys: don't raise if a key is missing.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = ("image", "label"),
+        label_key: str | None = "label",
+        expected_labels: Sequence[float] | None = None,
+        allow_nonfinite: bool | str = False,
+        expected_spatial_dims: int | None = 3,
+        expected_channels: int | Sequence[int | None] | None = 1,
+        affine_tolerance: float = 1e-3,
+        reference_key: str | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if allow_nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"allow_nonfinite must be one of {NONFINITE_POLICIES}, got {allow_nonfinite!r}")
+        if affine_tolerance < 0:
+            raise ValueError(f"affine_tolerance must be >= 0 mm, got {affine_tolerance}")
+        self.label_key = label_key
+        self.expected_labels = None if expected_labels is None else sorted(float(v) for v in expected_labels)
+        self.allow_nonfinite = allow_nonfinite
+        self.expected_spatial_dims = expected_spatial_dims
+        self.expected_channels = ensure_tuple_rep(expected_channels, len(self.keys))
+        self.affine_tolerance = float(affine_tolerance)
+        if reference_key is None:
+            reference_key = next((key for key in self.keys if key != label_key), self.keys[0])
+        self.reference_key = reference_key
+
+    def _check_shape(self, array: torch.Tensor, name: str, channels: int | None) -> None:
+        meta = getattr(array, "meta", {})
+        header_shape = meta.get("spatial_shape") if isinstance(meta, Mapping) else None
+        if array.numel() == 0 or 0 in tuple(array.shape):
+            shape = tuple(int(s) for s in header_shape) if header_shape is not None else tuple(array.shape)
+            raise VolumeFileError(f"{name}: zero-size dimension, shape {shape}: the file holds no voxels")
+        shape = tuple(array.shape)
+        if self.expected_spatial_dims is not None and len(shape) - 1 != self.expected_spatial_dims:
+            raise VolumeFileError(
+                f"{name}: expected a {self.expected_spatial_dims}D volume, got {len(shape) - 1} spatial dimensions "
+                f"(channel-first array shape {shape}); a {len(shape)}D file where "
+                f"{self.expected_spatial_dims}D is expected"
+            )
+        if channels is not None and shape[0] != channels:
+            hint = ""
+            if self.expected_spatial_dims == 3 and len(shape) == 4:
+                hint = f"; a 4D file (time series or multi-component, {shape[0]} volumes) where a 3D volume is expected"
+            raise VolumeFileError(
+                f"{name}: expected {channels} channel(s), got {shape[0]} (channel-first array shape {shape}){hint}"
+            )
+
+    def _check_finite(self, array: torch.Tensor, name: str) -> torch.Tensor:
+        if not torch.is_floating_point(array) and not torch.is_complex(array):
+            return array
+        finite = torch.isfinite(array)
+        if bool(finite.all()):
+            return array
+        n_nan = int(torch.isnan(array).sum())
+        n_inf = int((~finite).sum()) - n_nan
+        summary = f"{n_nan} NaN and {n_inf} Inf voxels of {array.numel()}"
+        if self.allow_nonfinite == "zero":
+            logger.warning(f"{name}: {summary} replaced by 0 (allow_nonfinite='zero').")
+            return array.masked_fill(~finite, 0)
+        raise VolumeFileError(
+            f"{name}: {summary}; fix the file or pass allow_nonfinite='zero' to replace them with 0"
+        )
+
+    def _check_labels(self, array: torch.Tensor, name: str) -> None:
+        if self.expected_labels is None:
+            return
+        values, counts = torch.unique(array, return_counts=True)
+        allowed = torch.tensor(self.expected_labels, dtype=torch.float64)
+        outside = ~torch.isin(values.to(torch.float64), allowed)
+        if bool(outside.any()):
+            found = ", ".join(
+                f"{_format_value(v)} ({int(c)} voxels)" for v, c in zip(values[outside].tolist(), counts[outside])
+            )
+            expected = ", ".join(_format_value(v) for v in self.expected_labels)
+            raise VolumeFileError(f"{name}: label values outside the expected set {{{expected}}}: {found}")
+
+    def _check_geometry(self, reference: torch.Tensor, other: torch.Tensor, key: Hashable) -> None:
+        ref_name, other_name = _filename(reference, self.reference_key), _filename(other, key)
+        ref_shape, other_shape = tuple(reference.shape[1:]), tuple(other.shape[1:])
+        if ref_shape != other_shape:
+            raise VolumeFileError(
+                f"{other_name} ({key}) and {ref_name} ({self.reference_key}) have different grids: "
+                f"spatial shape {other_shape} vs {ref_shape}"
+            )
+        ref_affine, other_affine = getattr(reference, "affine", None), getattr(other, "affine", None)
+        if ref_affine is None or other_affine is None:
+            return
+        distance = grid_distance_mm(ref_affine, other_affine, ref_shape)
+        if distance > self.affine_tolerance:
+            raise VolumeFileError(
+                f"{other_name} ({key}) and {ref_name} ({self.reference_key}) have different geometry: their affines "
+                f"place the same voxel up to {distance:.4g} mm apart (tolerance {self.affine_tolerance:g} mm)"
+            )
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key, channels in self.key_iterator(d, self.expected_channels):
+            array = d[key]
+            if not isinstance(array, torch.Tensor):
+                raise TypeError(
+                    f"{type(self).__name__}: '{key}' must be a tensor (after LoadImaged), got {type(array).__name__}"
+                )
+            name = _filename(array, key)
+            self._check_shape(array, name, channels)
+            d[key] = self._check_finite(array, name)
+            if key == self.label_key:
+                self._check_labels(d[key], name)
+        if self.reference_key in d:
+            for key in self.key_iterator(d):
+                if key != self.reference_key:
+                    self._check_geometry(d[self.reference_key], d[key], key)
+        return d
+
+
+def _format_value(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+CheckVolumeD = CheckVolumeDict = CheckVolumed
+SafeLoadImageD = SafeLoadImageDict = SafeLoadImaged
