@@ -1,0 +1,196 @@
+"""PyTorch DDP helpers for the bundles' ``configs/multi_gpu_train.json`` (``torchrun ... -m monai.bundle run``).
+
+MONAI already does the hard parts: ``monai.data.DistributedSampler`` shards the data (``even_divisible=False``
+keeps every validation volume exactly once), the metric handlers all-gather their per-volume buffers before
+aggregating (``CumulativeIterationMetric.get_buffer``), ``CheckpointSaver`` and ``CheckpointLoader`` unwrap
+``DistributedDataParallel``, and ``MetricsSaver`` gathers file names itself. What a bundle config still needs, and
+nothing in MONAI or torch offers as one call:
+
+- :func:`local_device` / :func:`init_process_group`: ``cuda:$LOCAL_RANK`` with NCCL on GPUs, ``cpu`` with Gloo
+  otherwise, the backend chosen from the device so one config runs on both.
+- :func:`rank_zero_handlers`: the trainer / evaluator handler lists with logging, tracking and checkpoint handlers
+  kept on rank 0 only. Handlers that take part in collectives (validation, metric savers, early stopping) stay on
+  every rank, otherwise the other ranks would wait for them forever.
+- :class:`BroadcastBuffers`: rank 0's BatchNorm running statistics copied to every rank before validation.
+  DDP synchronises buffers at the *start* of each training forward pass, so after the last iteration each rank
+  holds statistics updated by its own last batch; without this, each rank would validate a slightly different
+  model and the aggregated Dice would not be the Dice of the checkpoint rank 0 saves.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed as dist
+from monai.utils import IgniteInfo, min_version, optional_import
+
+if TYPE_CHECKING:
+    from ignite.engine import Engine, Events
+else:
+    Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
+    Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
+
+__all__ = [
+    "BroadcastBuffers",
+    "backend_for",
+    "destroy_process_group",
+    "init_process_group",
+    "is_rank0",
+    "local_device",
+    "quiet_other_ranks",
+    "rank_zero_handlers",
+]
+
+TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def backend_for(device: torch.device | str) -> str:
+    """``"nccl"`` for a CUDA device, ``"gloo"`` for anything else (CPU).
+
+    Args:
+        device: the device this process trains on.
+    """
+    return "nccl" if torch.device(device).type == "cuda" else "gloo"
+
+
+def local_device() -> torch.device:
+    """``cuda:<LOCAL_RANK>`` when CUDA is available (one GPU per process, as torchrun starts them), else ``cpu``.
+
+    Raises:
+        RuntimeError: when ``LOCAL_RANK`` names a GPU this process cannot see (more processes than GPUs).
+    """
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if local_rank >= torch.cuda.device_count():
+        raise RuntimeError(
+            f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} GPU(s) are visible "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}): start at most one process "
+            "per GPU (torchrun --nproc_per_node)."
+        )
+    return torch.device(f"cuda:{local_rank}")
+
+
+def init_process_group(device: torch.device | str) -> str:
+    """Join the process group torchrun set up, with the backend :func:`backend_for` picks for ``device``.
+
+    Does nothing when the group exists already (a caller that initialised it itself). On a GPU the device is made
+    current first, so NCCL does not put every rank's context on GPU 0.
+
+    Args:
+        device: the device of this process (``@device`` of the bundle).
+
+    Returns:
+        the backend of the process group.
+
+    Raises:
+        RuntimeError: when the process was not started by torchrun (its environment variables are missing).
+    """
+    device = torch.device(device)
+    if dist.is_initialized():
+        return str(dist.get_backend())
+    missing = [name for name in TORCHRUN_VARIABLES if name not in os.environ]
+    if missing:
+        raise RuntimeError(
+            f"multi_gpu_train.json needs a process started by torchrun, but {', '.join(missing)} "
+            "is not set: launch with `torchrun --nproc_per_node=<N> -m monai.bundle run --config_file "
+            "\"['configs/train.json','configs/multi_gpu_train.json']\" ...`, or run train.json alone."
+        )
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    backend = backend_for(device)
+    dist.init_process_group(backend=backend)
+    return backend
+
+
+def destroy_process_group() -> None:
+    """Tear the process group down if there is one (the bundle's ``finalize``)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_rank0() -> bool:
+    """``True`` on global rank 0, and in a process that is not distributed at all."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def quiet_other_ranks(level: int = logging.WARNING) -> None:
+    """On ranks other than 0, raise the root logger's level to ``level``: their INFO lines repeat rank 0's.
+
+    Warnings and errors of every rank still reach the console. Engines, ``StatsHandler`` and MONAI log through
+    loggers that inherit the root level, so this one call covers them.
+
+    Args:
+        level: the lowest level other ranks still print.
+    """
+    if not is_rank0():
+        root = logging.getLogger()
+        root.setLevel(max(root.level, level))
+
+
+def _rank_zero_only_types() -> tuple[type, ...]:
+    from monai.handlers import CheckpointSaver, MLFlowHandler, StatsHandler, TensorBoardHandler
+
+    from monai_unet2.tracking import PredictionPreview, RegisterBestModel
+
+    return (StatsHandler, CheckpointSaver, MLFlowHandler, TensorBoardHandler, RegisterBestModel, PredictionPreview)
+
+
+def rank_zero_handlers(handlers: Iterable[Any] | None) -> list[Any]:
+    """The handlers this rank attaches: all of them on rank 0, those that do no I/O of their own elsewhere.
+
+    Rank 0 only: ``StatsHandler``, ``CheckpointSaver``, ``MLFlowHandler`` (and ``TrackedMLFlowHandler``),
+    ``TensorBoardHandler`` subclasses, ``RegisterBestModel``, ``PredictionPreview``: each only writes (logs,
+    files, tracking), and one writer is wanted. Everything else (LR schedule, boundary-weight schedule,
+    ``ValidationHandler``, ``CheckpointLoader``, ``MetricsSaver``, ``EarlyStopHandler``, unknown handlers) runs on
+    every rank, because the ranks must stay in step and some of them call collectives. ``None`` entries (items
+    switched off with ``_disabled_`` and referenced from the list) are dropped on every rank.
+
+    Args:
+        handlers: a trainer's or evaluator's handler list (``@train#handlers``); ``None`` for none.
+    """
+    handlers = [handler for handler in (handlers or []) if handler is not None]
+    if is_rank0():
+        return handlers
+    rank_zero_only = _rank_zero_only_types()
+    return [handler for handler in handlers if not isinstance(handler, rank_zero_only)]
+
+
+class BroadcastBuffers:
+    """Copy the buffers (BatchNorm running statistics) of ``network`` from rank ``src`` to all ranks.
+
+    Attach it to the evaluator: every validation then runs the very model rank 0 checkpoints, on every rank.
+    Parameters need no copy (DDP keeps them identical through the gradient all-reduce). A no-op when not
+    distributed.
+
+    Args:
+        network: the DDP-wrapped or plain network.
+        src: the rank whose buffers win.
+        event: the ignite event of the engine to run on (before the first iteration).
+    """
+
+    def __init__(self, network: torch.nn.Module, src: int = 0, event: str = "STARTED") -> None:
+        self.network = network
+        self.src = src
+        self.event = event
+
+    def attach(self, engine: Engine) -> None:
+        """Register on ``engine`` for ``event``.
+
+        Args:
+            engine: the evaluator (or any engine that must start from rank ``src``'s buffers).
+        """
+        engine.add_event_handler(Events[self.event], self)
+
+    def __call__(self, engine: Engine | None = None) -> None:
+        """Broadcast now (``engine`` is unused; ignite passes it)."""
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        module = getattr(self.network, "module", self.network)
+        with torch.no_grad():
+            for buffer in module.buffers():
+                dist.broadcast(buffer, src=self.src)
