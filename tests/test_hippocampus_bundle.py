@@ -2,7 +2,6 @@
 
 import csv
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -12,6 +11,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+
+from bundle_runner import run_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "hippocampus_unet25d_segmentation"
@@ -23,17 +24,7 @@ pytestmark = pytest.mark.slow
 
 
 def bundle(command: str, cwd: Path, *args: str, config: str | None = None, timeout: int = 600) -> str:
-    """Run ``python -m monai.bundle <command>`` in ``cwd`` and return its output; fail with the output on error."""
-    argv = [sys.executable, "-m", "monai.bundle", command]
-    if command != "verify_metadata":
-        argv += ["--bundle_root", str(BUNDLE), "--meta_file", str(BUNDLE / "configs" / "metadata.json")]
-    if config:
-        argv += ["--config_file", str(BUNDLE / "configs" / config)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    result = subprocess.run(argv + list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, f"monai.bundle {command} failed:\n{output[-6000:]}"
-    return output
+    return run_bundle(BUNDLE, command, cwd, *args, config=config, timeout=timeout)
 
 
 def dice(prediction: np.ndarray, truth: np.ndarray, label: int) -> float:

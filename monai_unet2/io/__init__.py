@@ -12,3 +12,4 @@ from .writers import (
     pending_inputs,
     write_atomically,
 )
+from .image_folders import IMAGE_SUFFIXES, image_files, image_folder_datalist, paired_datalist
