@@ -208,9 +208,14 @@ def test_load_model_in_fresh_process_matches_checkpoint(trained, tmp_path):
     network = parser.get_parsed_content("network_def")
     checkpoint = trained["folder"] / "good" / "models" / "model.pt"
     network.load_state_dict(torch.load(checkpoint, weights_only=True))
-    torch.manual_seed(0)
-    with torch.no_grad():
-        expected = network.eval()(torch.randn(2, 5, 48, 64)).numpy()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same reduction order as the subprocess (OMP_NUM_THREADS=1): bitwise comparable
+    try:
+        torch.manual_seed(0)
+        with torch.no_grad():
+            expected = network.eval()(torch.randn(2, 5, 48, 64)).numpy()
+    finally:
+        torch.set_num_threads(threads)
     assert np.array_equal(np.load(tmp_path / "out.npy"), expected)
 
     exported = tmp_path / "exported"
