@@ -24,13 +24,7 @@ HIPPOCAMPUS = SAMPLE_DATA / "imagesTr" / "hippocampus_004.nii.gz"
 TOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """One intra-op thread: on a shared 2-core machine, thread barriers make tiny convolutions 100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def conv_net(in_channels: int, out_channels: int = 3, seed: int = 0) -> torch.nn.Module:

@@ -282,14 +282,6 @@ class _RegionOnly(DiceCELoss):
         return super().forward(input, target[:, :1])
 
 
-@pytest.fixture
-def single_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP spinning makes 2 threads 5-30x slower per step."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def test_training_with_supervised_trainer_is_no_worse_than_dice_ce(single_thread):
     epochs = 6

@@ -21,13 +21,7 @@ from monai_unet2.networks.unet_parts import DoubleConv, pad_to_match
 SAMPLE_DATA = Path(__file__).resolve().parents[1] / "bundles" / "hippocampus_unet25d_segmentation" / "sample_data"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """These tensors are tiny: one intra-op thread is faster, and immune to thread oversubscription on a busy host."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def count_parameters(net: nn.Module) -> int:
