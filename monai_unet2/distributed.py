@@ -135,16 +135,27 @@ def quiet_other_ranks(level: int = logging.WARNING) -> None:
 def _rank_zero_only_types() -> tuple[type, ...]:
     from monai.handlers import CheckpointSaver, MLFlowHandler, StatsHandler, TensorBoardHandler
 
+    from monai_unet2.handlers import EpochProgressBar, TrainingStateSaver
     from monai_unet2.tracking import PredictionPreview, RegisterBestModel
 
-    return (StatsHandler, CheckpointSaver, MLFlowHandler, TensorBoardHandler, RegisterBestModel, PredictionPreview)
+    return (
+        StatsHandler,
+        CheckpointSaver,
+        MLFlowHandler,
+        TensorBoardHandler,
+        RegisterBestModel,
+        PredictionPreview,
+        EpochProgressBar,
+        TrainingStateSaver,
+    )
 
 
 def rank_zero_handlers(handlers: Iterable[Any] | None) -> list[Any]:
     """The handlers this rank attaches: all of them on rank 0, those that do no I/O of their own elsewhere.
 
     Rank 0 only: ``StatsHandler``, ``CheckpointSaver``, ``MLFlowHandler`` (and ``TrackedMLFlowHandler``),
-    ``TensorBoardHandler`` subclasses, ``RegisterBestModel``, ``PredictionPreview``: each only writes (logs,
+    ``TensorBoardHandler`` subclasses, ``RegisterBestModel``, ``PredictionPreview``, ``EpochProgressBar``,
+    ``TrainingStateSaver``: each only writes (logs,
     files, tracking), and one writer is wanted. Everything else (LR schedule, boundary-weight schedule,
     ``ValidationHandler``, ``CheckpointLoader``, ``MetricsSaver``, ``EarlyStopHandler``, unknown handlers) runs on
     every rank, because the ranks must stay in step and some of them call collectives. ``None`` entries (items

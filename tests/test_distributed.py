@@ -148,7 +148,10 @@ def test_two_gloo_ranks_train_one_epoch_with_one_run_one_checkpoint_and_the_chec
     )
     assert output.count("Got new best metric of val_mean_dice") == 1  # rank 1 logs warnings and errors only
 
-    assert sorted(path.name for path in (tmp_path / "models").iterdir()) == ["model.pt"]
+    assert sorted(path.name for path in (tmp_path / "models").iterdir()) == ["model.pt", "training_state.pt"]
+    state = torch.load(tmp_path / "models" / "training_state.pt", weights_only=True)
+    assert state["trainer"]["iteration"] == state["trainer"]["epoch_length"]  # one epoch, written once by rank 0
+    assert all(key.startswith("module.") for key in state["network"])  # the DDP network, resumable by this config
     assert bundle_eval_existed or not (HIPPOCAMPUS / "eval").exists()
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'eval' / 'mlflow.db'}")

@@ -235,3 +235,77 @@ def test_bundle_inference_with_the_checks_names_the_truncated_file(tmp_path):
     assert result.returncode != 0
     assert f"VolumeFileError: {inputs / CASE}: cannot read image (truncated or corrupt gzip data" in output
     assert not outputs.exists() or not any(outputs.rglob("*.nii.gz"))
+
+
+def sparse_nifti(path: Path, shape: tuple[int, ...], dtype=np.int16, compress: bool = False) -> Path:
+    """A NIfTI file whose header promises ``shape``: uncompressed as a sparse file (no disk used), compressed as
+    the header alone (the check must refuse before any voxel is read)."""
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(dtype)
+    header.set_data_offset(352)
+    block = header.binaryblock + b"\0" * 4
+    if compress:
+        path.write_bytes(gzip.compress(block))
+    else:
+        path.write_bytes(block)
+        os.truncate(path, 352 + int(np.prod(shape)) * np.dtype(dtype).itemsize)
+    return path
+
+
+def test_volume_far_larger_than_memory_is_refused_from_its_header(tmp_path):
+    import resource
+
+    from monai_unet2.transforms import available_memory, header_voxel_count, memory_refusal
+
+    available = available_memory()
+    assert available is not None and available > 2**28
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for path in (sparse_nifti(tmp_path / "huge.nii", (3000, 3000, 3000)),
+                 sparse_nifti(tmp_path / "huge.nii.gz", (3000, 3000, 3000), compress=True)):
+        assert header_voxel_count(path) == 27_000_000_000
+        with pytest.raises(VolumeFileError) as caught:
+            SafeLoadImaged("image", image_only=True)({"image": str(path)})
+        message = str(caught.value)
+        assert message.startswith(f"{path}: volume too large to process in one piece: 27,000,000,000 voxels")
+        assert "603.5 GiB" in message and "refused before reading" in message
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200 * 1024  # kB: nothing was read
+    # the limit follows the available memory: half of the allowed size passes, twice of it is refused
+    allowed_voxels = available * 0.8 / 24
+    for factor, refused in ((0.5, False), (2.0, True)):
+        depth = int(factor * allowed_voxels / 1000 / 1000)
+        path = sparse_nifti(tmp_path / f"x{factor}.nii", (1000, 1000, depth), dtype=np.uint8)
+        assert (memory_refusal(path) is not None) == refused
+        assert memory_refusal(path, max_memory_fraction=None) is None
+
+
+def test_dicom_series_size_is_judged_from_its_headers():
+    from monai_unet2.transforms import header_voxel_count
+
+    slices = sorted(DCMQI_CT.iterdir())
+    assert header_voxel_count(DCMQI_CT) == 512 * 512 * len(slices)
+    with pytest.raises(VolumeFileError) as caught:
+        SafeLoadImaged("image", reader=DicomSeriesReader, image_only=True, max_memory_fraction=1e-9)(
+            {"image": str(DCMQI_CT)})
+    assert str(caught.value).startswith(f"{DCMQI_CT}: volume too large to process in one piece: "
+                                        f"{512 * 512 * len(slices):,} voxels")
+
+
+@pytest.mark.slow
+def test_bundle_inference_refuses_a_huge_volume_and_keeps_finished_outputs(tmp_path):
+    inputs, outputs = tmp_path / "inputs", tmp_path / "outputs"
+    inputs.mkdir()
+    shutil.copy(SAMPLE / "imagesTr" / CASE, inputs / CASE)
+    sparse_nifti(inputs / "zz_whole_body_scan.nii", (4000, 4000, 3000))
+    argv = [
+        sys.executable, "-m", "monai.bundle", "run", "--config_file", str(BUNDLE / "configs" / "inference.json"),
+        "--bundle_root", str(BUNDLE), "--dataset_dir", str(inputs), "--output_dir", str(outputs),
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    result = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output[-3000:]  # an error exit, not -9 from the OOM killer
+    assert f"VolumeFileError: {inputs / 'zz_whole_body_scan.nii'}: volume too large to process in one piece" in output
+    written = sorted(path.name for path in outputs.iterdir())
+    assert written == ["hippocampus_004_seg.nii.gz"]
+    assert nib.load(outputs / written[0]).shape == nib.load(inputs / CASE).shape

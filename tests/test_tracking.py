@@ -140,6 +140,39 @@ def test_handler_logs_into_one_run_and_marks_dead_runs(tmp_path, no_env_uri):
     assert "git_commit" in run.data.tags or not (REPO / ".git").exists()
 
 
+def test_restored_handler_reopens_its_killed_run_and_the_evaluators_handler_joins_it(tmp_path, no_env_uri):
+    uri = default_tracking_uri(tmp_path)
+    first = TrackedMLFlowHandler(tracking_uri=uri, experiment_name="exp", output_transform=lambda o: o[0]["loss"])
+    engine = _engine()
+    first.attach(engine)
+    engine.run(engine.state_data, max_epochs=1)
+    saved = first.state_dict()
+    client = mlflow.MlflowClient(uri)
+    client.set_tag(saved["run_id"], "monai_unet2.end_reason", "process 1 on host died")
+    client.set_terminated(saved["run_id"], "KILLED")  # what the next run does to a SIGKILLed one
+
+    run_name = unique_run_name()  # the new process draws a new name; the restored state overrides it
+    trainer_handler = TrackedMLFlowHandler(tracking_uri=uri, experiment_name="exp", run_name=run_name,
+                                           output_transform=lambda o: o[0]["loss"], close_on_complete=True)
+    evaluator_handler = TrackedMLFlowHandler(tracking_uri=uri, experiment_name="exp", run_name=run_name,
+                                             iteration_log=False)
+    trainer_handler.load_state_dict(saved)
+    trainer, evaluator = _engine(), _engine(iterations=1)
+    trainer.state_data = [5, 6, 7]
+    trainer_handler.attach(trainer)
+    evaluator_handler.attach(evaluator)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: evaluator.run(evaluator.state_data, max_epochs=1))
+    trainer.run(trainer.state_data, max_epochs=1)
+
+    assert trainer_handler.run_id == evaluator_handler.run_id == saved["run_id"]
+    assert [run.info.run_id for run in client.search_runs([client.get_experiment_by_name("exp").experiment_id])] == [
+        saved["run_id"]]
+    run = client.get_run(saved["run_id"])
+    assert run.info.status == "FINISHED" and run.info.run_name == saved["run_name"]
+    assert "monai_unet2.end_reason" not in run.data.tags and run.data.tags["monai_unet2.resumed_after_epoch"] == "0"
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "Loss")] == [0.0, 1.0, 2.0, 5.0, 6.0, 7.0]
+
+
 def test_dead_server_switches_tracking_off_with_one_error(monkeypatch, caplog):
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))

@@ -10,6 +10,9 @@ Three things MONAI's handler does not do, and a training run needs:
   the experiment still ``RUNNING`` from a process of this host that no longer exists are marked ``KILLED``; a run
   whose process exits without closing it (an exception) is marked ``FAILED`` at interpreter exit. Together with a
   unique run name (:func:`~monai_unet2.tracking.settings.unique_run_name`) no run is resumed by accident.
+- **A resumed training continues its run.** :meth:`~TrackedMLFlowHandler.state_dict` is part of the training state
+  (:class:`~monai_unet2.handlers.TrainingStateSaver`); restored by ``TrainingStateLoader``, every handler of this
+  process with the same ``run_name`` (trainer and evaluator) reopens the saved run, even one marked ``KILLED``.
 - **What identifies a run** is logged once at start: package versions, git commit, bundle version, the dataset
   digest, and the fully resolved config (``config/resolved_config.json``).
 """
@@ -46,6 +49,7 @@ logger = logging.getLogger(__name__)
 
 HOST_TAG = "monai_unet2.host"
 PID_TAG = "monai_unet2.pid"
+END_REASON_TAG = "monai_unet2.end_reason"
 
 
 def _process_alive(pid: int) -> bool:
@@ -81,6 +85,7 @@ class TrackedMLFlowHandler(MLFlowHandler):
     """
 
     _failures: dict[tuple[str, str], str] = {}
+    _resume_targets: dict[tuple[str, str], tuple[str, str]] = {}
 
     def __init__(
         self,
@@ -161,8 +166,43 @@ class TrackedMLFlowHandler(MLFlowHandler):
             self._report_failure(what, error)
             return None
 
+    def state_dict(self) -> dict[str, str]:
+        """The run to continue on resume: ``{"run_id", "run_name"}`` (empty strings when tracking is off)."""
+        return {"run_id": self.run_id or "", "run_name": str(self.run_name or "") if self.run_id else ""}
+
+    def load_state_dict(self, state_dict: Mapping[str, str]) -> None:
+        """Continue the saved run: the handlers of this process sharing this ``run_name`` reopen it at start."""
+        if state_dict.get("run_id"):
+            self._resume_targets[self._failure_key] = (state_dict["run_id"], state_dict.get("run_name", ""))
+
+    def _reopen(self, run_id: str, run_name: str, resumed_after_epoch: int) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:
+            logger.warning(
+                f"the training state names MLflow run {run_id} ('{run_name}'), which {self.effective_tracking_uri} "
+                "does not have: the resumed training is tracked in a new run."
+            )
+            self._resume_targets.pop(self._failure_key, None)
+            return
+        if run.info.status != "RUNNING":
+            self.client.update_run(run_id, status="RUNNING")
+        if END_REASON_TAG in run.data.tags:
+            self.client.delete_tag(run_id, END_REASON_TAG)
+        if self.close_on_complete:
+            self.client.set_tag(run_id, "monai_unet2.resumed_after_epoch", str(resumed_after_epoch))
+            logger.info(f"continuing MLflow run '{run.info.run_name}' ({run_id}).")
+        self.cur_run = self.client.get_run(run_id)
+        self.run_name = run.info.run_name
+
     def start(self, engine: Any) -> None:
-        """Open (or join) the run, mark dead runs of this host, and log provenance once."""
+        """Open (or join, or on resume reopen) the run, mark dead runs of this host, and log provenance once."""
+        target = self._resume_targets.get(self._failure_key)
+        if target is not None and self.cur_run is None and self.client is not None:
+            epoch = int(getattr(engine.state, "epoch", 0) or 0)
+            self.guarded("reopening the run to resume", self._reopen, *target, epoch)
         self.guarded("starting the run", super().start, engine)
         if self.run_id is not None and not self._provenance_logged:
             self._provenance_logged = True
@@ -213,7 +253,7 @@ class TrackedMLFlowHandler(MLFlowHandler):
             pid = run.data.tags.get(PID_TAG, "")
             if run.info.run_id == self.run_id or not pid.isdigit() or _process_alive(int(pid)):
                 continue
-            self.client.set_tag(run.info.run_id, "monai_unet2.end_reason", f"process {pid} on {host} died")
+            self.client.set_tag(run.info.run_id, END_REASON_TAG, f"process {pid} on {host} died")
             self.client.set_terminated(run.info.run_id, "KILLED")
             logger.warning(
                 f"MLflow run '{run.info.run_name}' ({run.info.run_id}) was left RUNNING by process {pid}, which no "

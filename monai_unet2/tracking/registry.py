@@ -160,6 +160,16 @@ class RegisterBestModel:
         self.last_registered_epoch = 0
         self.registered_versions: list[tuple[str, str]] = []
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs: the last registered epoch and a kept best that is not registered yet."""
+        pending = self.best if self.best is not None and not self.best["registered"] else None
+        return {"last_registered_epoch": self.last_registered_epoch, "pending_best": pending or {}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (part of the training state, see ``TrainingStateSaver``)."""
+        self.last_registered_epoch = int(state_dict["last_registered_epoch"])
+        self.best = dict(state_dict["pending_best"]) or None
+
     def attach(self, engine: Any) -> None:
         """Watch the validator's epochs and the trainer's completion."""
         from ignite.engine import Events

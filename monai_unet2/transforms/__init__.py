@@ -16,6 +16,7 @@ from .dicom_checks import DicomSeriesError
 from .dicom_reader import DicomSeries, DicomSeriesReader, decoder_available
 from .dicom_seg import DicomSegError, LoadDicomSegD, LoadDicomSegd, LoadDicomSegDict, seg_to_grid
 from .distance import SignedDistanceMapd, signed_distance_map
+from .memory import available_memory, header_voxel_count, memory_refusal
 from .slices import (
     RandSliceWithContextD,
     RandSliceWithContextd,

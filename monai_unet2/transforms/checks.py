@@ -31,6 +31,7 @@ from monai.transforms import LoadImage, LoadImaged, MapTransform
 from monai.utils import ensure_tuple, ensure_tuple_rep
 
 from .dicom_checks import DicomSeriesError
+from .memory import memory_refusal
 
 __all__ = [
     "CheckVolumeD",
@@ -93,11 +94,28 @@ class SafeLoadImage(LoadImage):
     :class:`VolumeFileError` ``"<path>: cannot read image (<cause>: <original error>)"``, chained to the original.
 
     Errors that already name the file (:class:`VolumeFileError`,
-    :class:`~monai_unet2.transforms.dicom_checks.DicomSeriesError`) pass through unchanged. Arguments are those of
-    ``LoadImage``.
+    :class:`~monai_unet2.transforms.dicom_checks.DicomSeriesError`) pass through unchanged. Before reading, a volume
+    whose header promises more voxels than memory allows is refused (:func:`~monai_unet2.transforms.memory.
+    memory_refusal`), so a huge file gives a message instead of a SIGKILL from the OOM killer.
+
+    Args:
+        args: those of ``LoadImage``.
+        memory_per_voxel: bytes the pipeline needs per input voxel (default 24).
+        max_memory_fraction: largest fraction of the available memory a volume may need; ``None``: no check.
+        kwargs: those of ``LoadImage``.
     """
 
+    def __init__(
+        self, *args: Any, memory_per_voxel: float = 24.0, max_memory_fraction: float | None = 0.8, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.memory_per_voxel = memory_per_voxel
+        self.max_memory_fraction = max_memory_fraction
+
     def __call__(self, filename: Any, reader: Any = None) -> Any:
+        refusal = memory_refusal(filename, self.memory_per_voxel, self.max_memory_fraction)
+        if refusal is not None:
+            raise VolumeFileError(refusal)
         try:
             return super().__call__(filename, reader)
         except (VolumeFileError, DicomSeriesError):
@@ -112,14 +130,30 @@ class SafeLoadImaged(LoadImaged):
 
     A subclass (not a wrapper) so code that looks for ``LoadImaged`` in a pipeline with ``isinstance`` (MONAI
     Label's bundle inference task) still recognises it. The loader ``LoadImaged`` built is re-classed by copying its
-    state, so its registered readers are reused rather than constructed twice. Arguments are those of
-    ``LoadImaged``.
+    state, so its registered readers are reused rather than constructed twice.
+
+    Args:
+        keys: keys of the file names to load.
+        args: those of ``LoadImaged``.
+        memory_per_voxel: bytes the pipeline needs per input voxel; with ``max_memory_fraction`` it decides which
+            volumes are refused before reading (see :class:`SafeLoadImage`).
+        max_memory_fraction: largest fraction of the available memory a volume may need; ``None``: no check.
+        kwargs: those of ``LoadImaged``.
     """
 
-    def __init__(self, keys: KeysCollection, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection,
+        *args: Any,
+        memory_per_voxel: float = 24.0,
+        max_memory_fraction: float | None = 0.8,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(keys, *args, **kwargs)
         safe_loader = SafeLoadImage.__new__(SafeLoadImage)
         safe_loader.__dict__.update(self._loader.__dict__)
+        safe_loader.memory_per_voxel = memory_per_voxel
+        safe_loader.max_memory_fraction = max_memory_fraction
         self._loader = safe_loader
 
 

@@ -1,0 +1,145 @@
+"""Refuse a volume that cannot be processed in one piece before reading it, instead of meeting the OOM killer.
+
+A loader reads the whole volume, and the pipeline then holds several float32 copies of it (the normalised image,
+the class probabilities of the inference output, the label map). For a volume far larger than the machine's memory
+the process grows until the kernel's OOM killer ends it with SIGKILL: no message, no name, and in a folder run
+every other case is lost with it. Nothing in MONAI, nibabel or SimpleITK checks this before reading. The header
+alone gives the voxel count (NIfTI/MGH via nibabel's lazy image, NRRD/MHA via SimpleITK's image information, DICOM
+via the first slice's ``Rows``/``Columns`` times the number of slice files), and the memory this process may still
+use is known (``MemAvailable`` and the cgroup limit), so :func:`memory_refusal` can say no in advance.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from monai.utils import ensure_tuple
+
+__all__ = ["available_memory", "header_voxel_count", "memory_refusal"]
+
+NIBABEL_SUFFIXES = (".nii", ".nii.gz", ".mgh", ".mgz", ".hdr", ".img")
+SIMPLEITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+_UNLIMITED = 1 << 60
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        text = Path(path).read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still allocate: the smaller of ``MemAvailable`` and the cgroup's remaining limit.
+
+    Returns ``None`` where neither is known (not Linux), which switches the check off.
+    """
+    candidates = []
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    candidates.append(int(line.split()[1]) * 1024)
+                    break
+    except OSError:
+        pass
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
+        limit, usage = _read_int(limit_file), _read_int(usage_file)
+        if limit is not None and usage is not None and limit < _UNLIMITED:
+            candidates.append(max(limit - usage, 0))
+    return min(candidates) if candidates else None
+
+
+def _dicom_voxels(paths: Sequence[Path]) -> int | None:
+    import pydicom
+
+    files = []
+    for path in paths:
+        if path.is_dir():
+            files += [p for p in sorted(path.iterdir()) if p.is_file() and not p.name.startswith(".")]
+        else:
+            files.append(path)
+    for file in files:
+        try:
+            header = pydicom.dcmread(file, stop_before_pixels=True, specific_tags=["Rows", "Columns", "NumberOfFrames"])
+        except Exception:
+            continue
+        if "Rows" in header and "Columns" in header:
+            frames = int(header.get("NumberOfFrames", 1) or 1)
+            return int(header.Rows) * int(header.Columns) * frames * len(files)
+    return None
+
+
+def header_voxel_count(filename: Any) -> int | None:
+    """The number of voxels of an image from its header only, or ``None`` when the format is not known here.
+
+    Args:
+        filename: a file (NIfTI, MGH, NRRD, MHA), a DICOM folder or ``.dcm`` files (a sequence for a series).
+    """
+    paths = [Path(f"{name}") for name in ensure_tuple(filename)]
+    if not paths or not all(path.exists() for path in paths):
+        return None
+    name = paths[0].name.lower()
+    try:
+        if len(paths) == 1 and name.endswith(NIBABEL_SUFFIXES):
+            import nibabel
+
+            return math.prod(int(size) for size in nibabel.load(paths[0]).shape)
+        if len(paths) == 1 and name.endswith(SIMPLEITK_SUFFIXES):
+            import SimpleITK
+
+            reader = SimpleITK.ImageFileReader()
+            reader.SetFileName(str(paths[0]))
+            reader.ReadImageInformation()
+            return math.prod(reader.GetSize()) * reader.GetNumberOfComponents()
+        if paths[0].is_dir() or name.endswith(".dcm"):
+            return _dicom_voxels(paths)
+    except Exception:  # an unreadable header is the reader's to report, with its own message
+        return None
+    return None
+
+
+def _size(num_bytes: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if num_bytes < 1024 or unit == "TiB":
+            return f"{num_bytes:.1f} {unit}"
+        num_bytes /= 1024
+    return f"{num_bytes:.1f} TiB"
+
+
+def memory_refusal(filename: Any, memory_per_voxel: float = 24.0, max_memory_fraction: float | None = 0.8) -> str | None:
+    """The reason to refuse ``filename`` before reading it, or ``None`` when it fits (or cannot be judged).
+
+    Args:
+        filename: what is given to the loader.
+        memory_per_voxel: bytes the pipeline needs per input voxel while processing the volume in one piece
+            (default 24: the float32 image, a few float32 class probabilities and the label map).
+        max_memory_fraction: refuse when the estimate exceeds this fraction of :func:`available_memory`;
+            ``None`` switches the check off.
+    """
+    if max_memory_fraction is None:
+        return None
+    voxels = header_voxel_count(filename)
+    available = available_memory()
+    if voxels is None or available is None:
+        return None
+    needed = voxels * float(memory_per_voxel)
+    allowed = available * float(max_memory_fraction)
+    if needed <= allowed:
+        return None
+    names = ensure_tuple(filename)
+    path = str(names[0]) if len(names) == 1 else f"{names[0]} (+{len(names) - 1} files)"
+    return (
+        f"{path}: volume too large to process in one piece: {voxels:,} voxels need about {_size(needed)} "
+        f"({memory_per_voxel:g} bytes per voxel), more than {max_memory_fraction:.0%} of the {_size(available)} "
+        "available; refused before reading instead of risking the out-of-memory killer. Crop or resample it, "
+        "use a machine with more memory, or adjust memory_per_voxel / max_memory_fraction of SafeLoadImaged."
+    )
