@@ -98,6 +98,33 @@ def test_inference_writes_binary_pngs_of_the_input_size(tmp_path):
         assert f1(values > 0, truth, fov) > 0.75
 
 
+def test_pyfunc_model_answers_like_the_bundle_on_a_fundus_image(tmp_path):
+    """The pyfunc form every registered version has (``mlflow models serve`` calls the same ``predict``)."""
+    import mlflow
+
+    from monai_unet2.tracking.registry import PYFUNC_CODE
+    from monai_unet2.tracking.bundle_model import BUNDLE_ARTIFACT, stage_bundle
+
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    shutil.copy(DRIVE / "images" / "21_training.tif", inputs)
+    bundle("run", tmp_path, "--dataset_dir", str(inputs), "--output_dir", str(tmp_path / "out"),
+           config="inference.json")
+    expected = np.asarray(Image.open(tmp_path / "out" / "21_training_seg.png")) > 0
+
+    staged = stage_bundle(BUNDLE, torch.load(BUNDLE / "models" / "model.pt", weights_only=True), tmp_path / "bundle")
+    mlflow.pyfunc.save_model(path=str(tmp_path / "model"), python_model=PYFUNC_CODE,
+                             artifacts={BUNDLE_ARTIFACT: str(staged)})
+    model = mlflow.pyfunc.load_model(str(tmp_path / "model"))
+    rgb = np.asarray(Image.open(DRIVE / "images" / "21_training.tif").convert("RGB"))
+    served = np.asarray(model.predict({"image": rgb.tolist()}))
+    assert served.shape == rgb.shape[:2] == (584, 565)
+    assert set(np.unique(served)) == {0, 1}
+    assert np.array_equal(served > 0, expected)
+    with pytest.raises(ValueError, match=r"rows x columns x 3\), got shape \(584, 565\)"):
+        model.predict({"image": rgb[..., 0].tolist()})
+
+
 def test_evaluate_writes_per_image_f1_inside_the_fov(tmp_path):
     output = bundle("run", tmp_path, "--output_dir", str(tmp_path / "evaluation"), "--dataset_dir", str(DRIVE),
                     config="evaluate.json")

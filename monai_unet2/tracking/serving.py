@@ -1,23 +1,30 @@
 """The pyfunc model behind ``mlflow models serve``: a bundle's preprocessing, slice inferer and post-processing.
 
-Request (``POST /invocations``, ``Content-Type: application/json``)::
+Request (``POST /invocations``, ``Content-Type: application/json``), for a volume bundle (hippocampus)::
 
     {"inputs": {"image": <nested list, H x W x D>, "affine": <4 x 4 nested list, optional>}}
 
-Response: ``{"predictions": <nested list H x W x D of integer labels>}`` in the input's voxel grid (the bundle's
-``Invertd`` undoes orientation and spacing). The image goes through the bundle's own ``inference.json`` pipeline
-without its file loader and writer, exactly as a file passed to the bundle would.
+and for an image bundle (DRIVE, ``spatial_shape`` of two sizes in its metadata)::
+
+    {"inputs": {"image": <nested list, rows x columns x channels, e.g. numpy.asarray(PIL.Image.open(...))>}}
+
+Response: ``{"predictions": <nested list of integer labels>}`` on the input's grid: H x W x D for a volume (the
+bundle's ``Invertd`` undoes orientation and spacing), rows x columns for an image. The input goes through the
+bundle's own ``inference.json`` pipeline without its file loader and writer, exactly as a file passed to the bundle
+would, so the answer equals the bundle's own output for the same file.
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from mlflow.pyfunc import PythonModel
 
-__all__ = ["BundleSegmentationModel", "segment_volume"]
+__all__ = ["BundleSegmentationModel", "segment_image", "segment_volume"]
 
 
 def segment_volume(components: dict[str, Any], image: np.ndarray, affine: np.ndarray | None = None) -> np.ndarray:
@@ -56,6 +63,47 @@ def segment_volume(components: dict[str, Any], image: np.ndarray, affine: np.nda
     return labels.reshape(labels.shape[-3:]).astype(np.int32)
 
 
+def segment_image(components: dict[str, Any], image: np.ndarray) -> np.ndarray:
+    """Run a 2D bundle's ``preprocessing`` → ``inferer`` → ``postprocessing`` on one image.
+
+    The array is laid out as MONAI's ``PILReader`` lays out a file (columns first), so the network sees exactly
+    what the bundle's own inference of that file sees, and the result is turned back to rows x columns.
+
+    Args:
+        components: ``network`` (eval mode), ``preprocessing``, ``inferer``, ``postprocessing``, ``device``,
+            ``num_channels`` (the bundle's input channels).
+        image: (rows, columns, channels) as ``numpy.asarray(PIL.Image)`` gives it, or (rows, columns) for one
+            channel.
+
+    Returns:
+        (rows, columns) integer label image.
+    """
+    from monai.data import MetaTensor, decollate_batch
+
+    array = np.asarray(image, dtype=np.float32)
+    channels = components["num_channels"]
+    expected = (2,) if channels == 1 else (3,)
+    if array.ndim not in expected or (array.ndim == 3 and array.shape[-1] != channels):
+        layout = "rows x columns" if channels == 1 else f"rows x columns x {channels}"
+        raise ValueError(f"inputs.image must be a 2D image ({layout}), got shape {array.shape}.")
+    columns_first = np.ascontiguousarray(np.swapaxes(array, 0, 1))
+    image_tensor = MetaTensor(
+        torch.from_numpy(columns_first),
+        meta={
+            "original_channel_dim": -1 if array.ndim == 3 else "no_channel",
+            "filename_or_obj": "request",
+            "spatial_shape": columns_first.shape[:2],
+        },
+    )
+    data = components["preprocessing"]({"image": image_tensor})
+    with torch.no_grad():
+        batch = data["image"].unsqueeze(0).to(components["device"])
+        data["pred"] = decollate_batch(components["inferer"](batch, components["network"]))[0]
+    result = components["postprocessing"](data)["pred"]
+    labels = result.detach().cpu().numpy() if isinstance(result, torch.Tensor) else np.asarray(result)
+    return np.swapaxes(labels.reshape(labels.shape[-2:]), 0, 1).astype(np.int32)
+
+
 class BundleSegmentationModel(PythonModel):
     """Pyfunc model built from the ``bundle`` artifact: ``predict({"image": HxWxD, "affine": 4x4})`` → labels."""
 
@@ -73,9 +121,17 @@ class BundleSegmentationModel(PythonModel):
             "postprocessing": parser.get_parsed_content("postprocessing"),
             "device": device,
         }
+        metadata = json.loads((Path(bundle_dir) / "configs" / "metadata.json").read_text())
+        image_format = metadata.get("network_data_format", {}).get("inputs", {}).get("image", {})
+        self.image_dims = len(image_format.get("spatial_shape", [0, 0, 0]))
+        self.components["num_channels"] = int(image_format.get("num_channels", 1))
 
     def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:
-        """Segment one volume given as ``{"image": array, "affine": array (optional)}``."""
+        """Segment one volume ``{"image": array, "affine": array (optional)}`` or one 2D image ``{"image": array}``."""
         if not isinstance(model_input, dict) or "image" not in model_input:
+            if self.image_dims == 2:
+                raise ValueError('expected {"inputs": {"image": <rows x columns x channels nested list>}}')
             raise ValueError('expected {"inputs": {"image": <H x W x D nested list>, "affine": <4 x 4, optional>}}')
+        if self.image_dims == 2:
+            return segment_image(self.components, model_input["image"])
         return segment_volume(self.components, model_input["image"], model_input.get("affine"))
