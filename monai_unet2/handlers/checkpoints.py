@@ -29,6 +29,7 @@ import torch
 from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.utils import IgniteInfo, min_version, optional_import
 
+from ..distributed import is_rank0
 from ..io.writers import write_atomically
 
 if TYPE_CHECKING:
@@ -192,9 +193,8 @@ class TrainingStateSaver:
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self)
 
     def __call__(self, engine: Engine) -> None:
-        if self.rank_zero_only and torch.distributed.is_available() and torch.distributed.is_initialized():
-            if torch.distributed.get_rank() != 0:
-                return
+        if self.rank_zero_only and not is_rank0():
+            return
         state = {name: obj.state_dict() for name, obj in {**self.objects, self.engine_key: engine}.items()}
         save_checkpoint_atomically(state, self.checkpoint_path)
         logger.info(f"saved the training state of epoch {engine.state.epoch} to {self.checkpoint_path}")

@@ -27,6 +27,18 @@ from mlflow.pyfunc import PythonModel
 __all__ = ["BundleSegmentationModel", "segment_image", "segment_volume"]
 
 
+def _run_pipeline(components: dict[str, Any], image: Any) -> np.ndarray:
+    """``preprocessing`` → ``inferer`` → ``postprocessing`` on one ``MetaTensor``; the labels as an array."""
+    from monai.data import decollate_batch
+
+    data = components["preprocessing"]({"image": image})
+    with torch.no_grad():
+        batch = data["image"].unsqueeze(0).to(components["device"])
+        data["pred"] = decollate_batch(components["inferer"](batch, components["network"]))[0]
+    result = components["postprocessing"](data)["pred"]
+    return result.detach().cpu().numpy() if isinstance(result, torch.Tensor) else np.asarray(result)
+
+
 def segment_volume(components: dict[str, Any], image: np.ndarray, affine: np.ndarray | None = None) -> np.ndarray:
     """Run a bundle's ``preprocessing`` → ``inferer`` → ``postprocessing`` on one volume.
 
@@ -38,7 +50,7 @@ def segment_volume(components: dict[str, Any], image: np.ndarray, affine: np.nda
     Returns:
         (H, W, D) integer label volume.
     """
-    from monai.data import MetaTensor, decollate_batch
+    from monai.data import MetaTensor
 
     array = np.asarray(image, dtype=np.float32)
     if array.ndim == 4 and array.shape[0] == 1:
@@ -53,13 +65,7 @@ def segment_volume(components: dict[str, Any], image: np.ndarray, affine: np.nda
         affine=torch.from_numpy(matrix),
         meta={"original_channel_dim": "no_channel", "filename_or_obj": "request", "spatial_shape": array.shape},
     )
-    data = components["preprocessing"]({"image": volume})
-    device = components["device"]
-    with torch.no_grad():
-        batch = data["image"].unsqueeze(0).to(device)
-        data["pred"] = decollate_batch(components["inferer"](batch, components["network"]))[0]
-    result = components["postprocessing"](data)["pred"]
-    labels = result.detach().cpu().numpy() if isinstance(result, torch.Tensor) else np.asarray(result)
+    labels = _run_pipeline(components, volume)
     return labels.reshape(labels.shape[-3:]).astype(np.int32)
 
 
@@ -78,7 +84,7 @@ def segment_image(components: dict[str, Any], image: np.ndarray) -> np.ndarray:
     Returns:
         (rows, columns) integer label image.
     """
-    from monai.data import MetaTensor, decollate_batch
+    from monai.data import MetaTensor
 
     array = np.asarray(image, dtype=np.float32)
     channels = components["num_channels"]
@@ -95,12 +101,7 @@ def segment_image(components: dict[str, Any], image: np.ndarray) -> np.ndarray:
             "spatial_shape": columns_first.shape[:2],
         },
     )
-    data = components["preprocessing"]({"image": image_tensor})
-    with torch.no_grad():
-        batch = data["image"].unsqueeze(0).to(components["device"])
-        data["pred"] = decollate_batch(components["inferer"](batch, components["network"]))[0]
-    result = components["postprocessing"](data)["pred"]
-    labels = result.detach().cpu().numpy() if isinstance(result, torch.Tensor) else np.asarray(result)
+    labels = _run_pipeline(components, image_tensor)
     return np.swapaxes(labels.reshape(labels.shape[-2:]), 0, 1).astype(np.int32)
 
 

@@ -31,7 +31,7 @@ from monai.transforms import LoadImage, LoadImaged, MapTransform
 from monai.utils import ensure_tuple, ensure_tuple_rep
 
 from .dicom_checks import DicomSeriesError
-from .memory import memory_refusal
+from .memory import DEFAULT_MAX_MEMORY_FRACTION, DEFAULT_MEMORY_PER_VOXEL, memory_refusal
 
 __all__ = [
     "CheckVolumeD",
@@ -94,9 +94,10 @@ class SafeLoadImage(LoadImage):
     :class:`VolumeFileError` ``"<path>: cannot read image (<cause>: <original error>)"``, chained to the original.
 
     Errors that already name the file (:class:`VolumeFileError`,
-    :class:`~monai_unet2.transforms.dicom_checks.DicomSeriesError`) pass through unchanged. Before reading, a volume
-    whose header promises more voxels than memory allows is refused (:func:`~monai_unet2.transforms.memory.
-    memory_refusal`), so a huge file gives a message instead of a SIGKILL from the OOM killer.
+    :class:`~monai_unet2.transforms.dicom_checks.DicomSeriesError`) pass through unchanged. Before reading, a
+    volume whose header promises more voxels than memory allows is refused
+    (:func:`~monai_unet2.transforms.memory.memory_refusal`), so a huge file gives a message instead of a SIGKILL
+    from the OOM killer.
 
     Args:
         args: those of ``LoadImage``.
@@ -106,7 +107,7 @@ class SafeLoadImage(LoadImage):
     """
 
     def __init__(
-        self, *args: Any, memory_per_voxel: float = 24.0, max_memory_fraction: float | None = 0.8, **kwargs: Any
+        self, *args: Any, memory_per_voxel: float = DEFAULT_MEMORY_PER_VOXEL, max_memory_fraction: float | None = DEFAULT_MAX_MEMORY_FRACTION, **kwargs: Any
     ) -> None:
         super().__init__(*args, **kwargs)
         self.memory_per_voxel = memory_per_voxel
@@ -145,8 +146,8 @@ class SafeLoadImaged(LoadImaged):
         self,
         keys: KeysCollection,
         *args: Any,
-        memory_per_voxel: float = 24.0,
-        max_memory_fraction: float | None = 0.8,
+        memory_per_voxel: float = DEFAULT_MEMORY_PER_VOXEL,
+        max_memory_fraction: float | None = DEFAULT_MAX_MEMORY_FRACTION,
         **kwargs: Any,
     ) -> None:
         super().__init__(keys, *args, **kwargs)

@@ -19,7 +19,11 @@ from typing import Any
 
 from monai.utils import ensure_tuple
 
-__all__ = ["available_memory", "header_voxel_count", "memory_refusal"]
+__all__ = ["DEFAULT_MAX_MEMORY_FRACTION", "DEFAULT_MEMORY_PER_VOXEL", "available_memory", "header_voxel_count",
+           "memory_refusal"]
+
+DEFAULT_MEMORY_PER_VOXEL = 24.0
+DEFAULT_MAX_MEMORY_FRACTION = 0.8
 
 NIBABEL_SUFFIXES = (".nii", ".nii.gz", ".mgh", ".mgz", ".hdr", ".img")
 SIMPLEITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
@@ -115,7 +119,11 @@ def _size(num_bytes: float) -> str:
     return f"{num_bytes:.1f} TiB"
 
 
-def memory_refusal(filename: Any, memory_per_voxel: float = 24.0, max_memory_fraction: float | None = 0.8) -> str | None:
+def memory_refusal(
+    filename: Any,
+    memory_per_voxel: float = DEFAULT_MEMORY_PER_VOXEL,
+    max_memory_fraction: float | None = DEFAULT_MAX_MEMORY_FRACTION,
+) -> str | None:
     """The reason to refuse ``filename`` before reading it, or ``None`` when it fits (or cannot be judged).
 
     Args:
