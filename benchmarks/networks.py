@@ -29,12 +29,20 @@ RESULTS = Path(__file__).resolve().parent / "results" / "networks.md"
 # name, constructor, input shapes (C, H, W) to time, reference GFLOP (REFERENCE.md) as (shape, value)
 NETWORKS: list[tuple[str, Callable[[], nn.Module], list[tuple[int, int, int]], tuple | None]] = [
     ("UNet 64, transposed, 1→2", lambda: UNet(2, 1, 2, 64), [(1, 256, 256), (1, 512, 512)], ((1, 512, 512), 384.7)),
-    ("UNet 64, bilinear, 3→2", lambda: UNet(2, 3, 2, 64, bilinear=True), [(3, 256, 256), (3, 512, 512)],
-     ((3, 512, 512), 319.9)),  # fmt: skip
+    (
+        "UNet 64, bilinear, 3→2",
+        lambda: UNet(2, 3, 2, 64, bilinear=True),
+        [(3, 256, 256), (3, 512, 512)],
+        ((3, 512, 512), 319.9),
+    ),  # fmt: skip
     ("U2Net full, 3→1", lambda: U2Net(2, 3, 1, "full"), [(3, 320, 320)], ((3, 320, 320), 117.2)),
     ("U2Net small, 3→1", lambda: U2Net(2, 3, 1, "small"), [(3, 320, 320)], ((3, 320, 320), 39.5)),
-    ("MONAI UNet 64..1024, 2 res units, 1→2", lambda: MonaiUNet(2, 1, 2, (64, 128, 256, 512, 1024), (2, 2, 2, 2),
-     num_res_units=2), [(1, 256, 256), (1, 512, 512)], ((1, 512, 512), 95.8)),  # fmt: skip
+    (
+        "MONAI UNet 64..1024, 2 res units, 1→2",
+        lambda: MonaiUNet(2, 1, 2, (64, 128, 256, 512, 1024), (2, 2, 2, 2), num_res_units=2),
+        [(1, 256, 256), (1, 512, 512)],
+        ((1, 512, 512), 95.8),
+    ),  # fmt: skip
 ]
 
 

@@ -128,7 +128,7 @@ def report(series: dict[str, tuple[list[float], list[float], list[int]]], warmup
         f"Soak: {count} consecutive inferences per series of the hippocampus bundle pipeline in one process "
         f"(LoadImaged → Orientation/Spacing/Normalize → 2.5D SlidingWindowSliceInferer, UNet base 32 → softmax/"
         f"Invertd/argmax), the 12 sample volumes cycled, weights {source}, {torch.get_num_threads()} thread(s). "
-        "Series \"as is\": RSS as the process sees it; \"trimmed\": `gc.collect()` + glibc `malloc_trim(0)` before "
+        'Series "as is": RSS as the process sees it; "trimmed": `gc.collect()` + glibc `malloc_trim(0)` before '
         "each reading, so RSS follows live memory (the difference is freed memory the allocator keeps).",
         "",
         f"| inference # | {header} |",

@@ -66,7 +66,9 @@ def print_dice_table(dice_csv: Path, class_names: tuple[str, ...] = ("anterior",
 def main(argv: list[str] | None = None) -> None:
     """Run the demo; see the module docstring."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output-dir", default="monai_unet2_demo", help="where results go (default: ./monai_unet2_demo)")
+    parser.add_argument(
+        "--output-dir", default="monai_unet2_demo", help="where results go (default: ./monai_unet2_demo)"
+    )
     parser.add_argument("--epochs", type=int, default=2, help="epochs of the short training run (default 2)")
     args = parser.parse_args(argv)
     output_dir = Path(args.output_dir).resolve()
@@ -82,9 +84,9 @@ def main(argv: list[str] | None = None) -> None:
     written = sorted((output_dir / "segmentations").glob("*_seg.nii.gz"))
     first = written[0]
     source = BUNDLE_ROOT / "sample_data" / "imagesTr" / first.name.replace("_seg.nii.gz", ".nii.gz")
-    same_grid = np.allclose(nib.load(first).affine, nib.load(source).affine) and nib.load(first).shape == nib.load(
-        source
-    ).shape
+    same_grid = (
+        np.allclose(nib.load(first).affine, nib.load(source).affine) and nib.load(first).shape == nib.load(source).shape
+    )
     print(f"wrote {len(written)} label volumes to {output_dir / 'segmentations'} (same grid as input: {same_grid})")
 
     print(f"\n== 3/3  Training {args.epochs} epoch(s) on the sample, tracked in MLflow ==")
@@ -97,7 +99,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{train_dir / 'eval' / 'mlflow.db'}"
     print(f"\nDone in {time.time() - started:.0f} s.")
-    print(f"Shipped model, mean Dice on the sample: anterior {means['anterior']:.3f}, posterior {means['posterior']:.3f}")
+    print(
+        f"Shipped model, mean Dice on the sample: anterior {means['anterior']:.3f}, posterior {means['posterior']:.3f}"
+    )
     print(f"Checkpoint of the short run: {train_dir / 'models' / 'model.pt'}")
     print("Look at the tracked run (metrics, config, prediction overlays) with:")
     print(f"    .venv/bin/mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000")

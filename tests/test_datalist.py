@@ -36,11 +36,15 @@ def test_dataset_json_entries_escaping_the_root_are_refused(tmp_path):
 
 def test_dataset_json_is_used_and_missing_labels_are_named(tmp_path):
     shutil.copytree(SAMPLE, tmp_path / "data")
-    manifest = {"training": [{"image": "./imagesTr/hippocampus_004.nii.gz", "label": "./labelsTr/hippocampus_004.nii.gz"}]}
+    manifest = {
+        "training": [{"image": "./imagesTr/hippocampus_004.nii.gz", "label": "./labelsTr/hippocampus_004.nii.gz"}]
+    }
     (tmp_path / "data" / "dataset.json").write_text(json.dumps(manifest))
     assert len(msd_datalist(tmp_path / "data")) == 1
     os.remove(tmp_path / "data" / "labelsTr" / "hippocampus_004.nii.gz")
-    with pytest.raises(DatalistError, match="hippocampus_004.nii.gz: label file listed for case hippocampus_004 is missing"):
+    with pytest.raises(
+        DatalistError, match="hippocampus_004.nii.gz: label file listed for case hippocampus_004 is missing"
+    ):
         msd_datalist(tmp_path / "data")
 
 

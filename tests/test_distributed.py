@@ -38,8 +38,11 @@ def test_validation_sampler_keeps_every_volume_exactly_once():
     for volumes in (3, 5, 12):
         for world_size in (2, 3):
             shards = [
-                list(DistributedSampler(range(volumes), even_divisible=False, num_replicas=world_size, rank=rank,
-                                        shuffle=False))
+                list(
+                    DistributedSampler(
+                        range(volumes), even_divisible=False, num_replicas=world_size, rank=rank, shuffle=False
+                    )
+                )
                 for rank in range(world_size)
             ]
             assert sorted(sum(shards, [])) == list(range(volumes)), (volumes, world_size, shards)
@@ -91,7 +94,9 @@ def test_multi_gpu_config_merges_onto_the_bundles_train_config(bundle):
     # MLflow handlers must not even be created on ranks > 0 (a second client would race rank 0 on the SQLite store)
     tracking = parser.get("mlflow_handlers", {})
     enabled = [name for name in tracking if parser.get(f"mlflow_handlers#{name}#_disabled_") != "@is_not_rank0"]
-    assert not enabled, f"add 'mlflow_handlers#<name>#_disabled_': '@is_not_rank0' to multi_gpu_train.json for {enabled}"
+    assert not enabled, (
+        f"add 'mlflow_handlers#<name>#_disabled_': '@is_not_rank0' to multi_gpu_train.json for {enabled}"
+    )
 
 
 def run_torchrun(arguments: list[str], cwd: Path, timeout: float) -> str:
@@ -100,7 +105,12 @@ def run_torchrun(arguments: list[str], cwd: Path, timeout: float) -> str:
     env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     process = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", *arguments],
-        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     try:
         output, _ = process.communicate(timeout=timeout)
@@ -116,8 +126,14 @@ def evaluate_checkpoint(checkpoint: Path, output_dir: Path) -> tuple[dict, torch
     """Single-process evaluation with the bundle's own ``evaluate.json`` on the validation split."""
     parser = ConfigParser()
     parser.read_config(str(HIPPOCAMPUS / "configs" / "evaluate.json"))
-    parser.update({"bundle_root": str(HIPPOCAMPUS), "ckpt_path": str(checkpoint), "split": "validation",
-                   "output_dir": str(output_dir)})
+    parser.update(
+        {
+            "bundle_root": str(HIPPOCAMPUS),
+            "ckpt_path": str(checkpoint),
+            "split": "validation",
+            "output_dir": str(output_dir),
+        }
+    )
     parser.parse()
     parser.get_parsed_content("initialize")
     evaluator = parser.get_parsed_content("evaluator")
@@ -133,18 +149,41 @@ def test_two_gloo_ranks_train_one_epoch_with_one_run_one_checkpoint_and_the_chec
     assert shipped.is_file(), f"{shipped} is missing: the test fine-tunes the shipped weights"
     bundle_eval_existed = (HIPPOCAMPUS / "eval").exists()
     fine_tune = tmp_path / "fine_tune.json"
-    fine_tune.write_text(json.dumps({"+train#handlers": [
-        {"_target_": "CheckpointLoader", "load_path": str(shipped), "load_dict": {"model": "@network"}}
-    ]}))
+    fine_tune.write_text(
+        json.dumps(
+            {
+                "+train#handlers": [
+                    {"_target_": "CheckpointLoader", "load_path": str(shipped), "load_dict": {"model": "@network"}}
+                ]
+            }
+        )
+    )
     configs = HIPPOCAMPUS / "configs"
     config_files = [str(configs / "train.json"), str(configs / "multi_gpu_train.json"), str(fine_tune)]
     output = run_torchrun(
-        ["--standalone", "--nproc_per_node=2", "-m", "monai.bundle", "run",
-         "--config_file", repr(config_files), "--bundle_root", str(HIPPOCAMPUS),
-         "--meta_file", str(configs / "metadata.json"),
-         "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval"),
-         "--max_epochs", "1", "--slices_per_volume", "2"],
-        cwd=tmp_path, timeout=420,
+        [
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            repr(config_files),
+            "--bundle_root",
+            str(HIPPOCAMPUS),
+            "--meta_file",
+            str(configs / "metadata.json"),
+            "--ckpt_dir",
+            str(tmp_path / "models"),
+            "--output_dir",
+            str(tmp_path / "eval"),
+            "--max_epochs",
+            "1",
+            "--slices_per_volume",
+            "2",
+        ],
+        cwd=tmp_path,
+        timeout=420,
     )
     assert output.count("Got new best metric of val_mean_dice") == 1  # rank 1 logs warnings and errors only
 

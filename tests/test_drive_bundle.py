@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from bundle_runner import run_bundle
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "drive_vessel_u2net_segmentation"
@@ -62,9 +61,20 @@ def test_network_in_out_and_torchscript_export_match_the_eager_model(tmp_path):
     output = bundle("verify_net_in_out", tmp_path, "network_def", config="inference.json")
     assert "data shape of network is verified with no error" in output
     exported = tmp_path / "model.ts"
-    bundle("ckpt_export", tmp_path, "network_def", "--filepath", str(exported),
-           "--ckpt_file", str(BUNDLE / "models" / "model.pt"), "--use_trace", "True",
-           "--input_shape", "[1, 3, 128, 128]", config="inference.json")
+    bundle(
+        "ckpt_export",
+        tmp_path,
+        "network_def",
+        "--filepath",
+        str(exported),
+        "--ckpt_file",
+        str(BUNDLE / "models" / "model.pt"),
+        "--use_trace",
+        "True",
+        "--input_shape",
+        "[1, 3, 128, 128]",
+        config="inference.json",
+    )
     from monai_unet2.networks import U2Net
 
     network = U2Net(spatial_dims=2, in_channels=3, out_channels=1, variant="small", deep_supervision=True)
@@ -84,8 +94,9 @@ def test_inference_writes_binary_pngs_of_the_input_size(tmp_path):
     inputs.mkdir()
     for case in (26, 36):
         shutil.copy(DRIVE / "images" / f"{case}_training.tif", inputs)
-    bundle("run", tmp_path, "--dataset_dir", str(inputs), "--output_dir", str(tmp_path / "out"),
-           config="inference.json")
+    bundle(
+        "run", tmp_path, "--dataset_dir", str(inputs), "--output_dir", str(tmp_path / "out"), config="inference.json"
+    )
     written = sorted((tmp_path / "out").glob("*.png"))
     assert [path.name for path in written] == ["26_training_seg.png", "36_training_seg.png"]
     for case, path in zip((26, 36), written):
@@ -102,19 +113,21 @@ def test_pyfunc_model_answers_like_the_bundle_on_a_fundus_image(tmp_path):
     """The pyfunc form every registered version has (``mlflow models serve`` calls the same ``predict``)."""
     import mlflow
 
-    from monai_unet2.tracking.registry import PYFUNC_CODE
     from monai_unet2.tracking.bundle_model import BUNDLE_ARTIFACT, stage_bundle
+    from monai_unet2.tracking.registry import PYFUNC_CODE
 
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     shutil.copy(DRIVE / "images" / "21_training.tif", inputs)
-    bundle("run", tmp_path, "--dataset_dir", str(inputs), "--output_dir", str(tmp_path / "out"),
-           config="inference.json")
+    bundle(
+        "run", tmp_path, "--dataset_dir", str(inputs), "--output_dir", str(tmp_path / "out"), config="inference.json"
+    )
     expected = np.asarray(Image.open(tmp_path / "out" / "21_training_seg.png")) > 0
 
     staged = stage_bundle(BUNDLE, torch.load(BUNDLE / "models" / "model.pt", weights_only=True), tmp_path / "bundle")
-    mlflow.pyfunc.save_model(path=str(tmp_path / "model"), python_model=PYFUNC_CODE,
-                             artifacts={BUNDLE_ARTIFACT: str(staged)})
+    mlflow.pyfunc.save_model(
+        path=str(tmp_path / "model"), python_model=PYFUNC_CODE, artifacts={BUNDLE_ARTIFACT: str(staged)}
+    )
     model = mlflow.pyfunc.load_model(str(tmp_path / "model"))
     rgb = np.asarray(Image.open(DRIVE / "images" / "21_training.tif").convert("RGB"))
     served = np.asarray(model.predict({"image": rgb.tolist()}))
@@ -126,8 +139,15 @@ def test_pyfunc_model_answers_like_the_bundle_on_a_fundus_image(tmp_path):
 
 
 def test_evaluate_writes_per_image_f1_inside_the_fov(tmp_path):
-    output = bundle("run", tmp_path, "--output_dir", str(tmp_path / "evaluation"), "--dataset_dir", str(DRIVE),
-                    config="evaluate.json")
+    output = bundle(
+        "run",
+        tmp_path,
+        "--output_dir",
+        str(tmp_path / "evaluation"),
+        "--dataset_dir",
+        str(DRIVE),
+        config="evaluate.json",
+    )
     assert "f1_fov" in output and "hd95_px" in output
     with open(tmp_path / "evaluation" / "f1_fov_raw.csv") as handle:
         rows = list(csv.DictReader(handle))
@@ -140,10 +160,27 @@ def test_evaluate_writes_per_image_f1_inside_the_fov(tmp_path):
 
 
 def test_short_training_run_from_another_directory(tmp_path):
-    output = bundle("run", tmp_path, "--dataset_dir", str(DRIVE), "--ckpt_dir", str(tmp_path / "models"),
-                    "--output_dir", str(tmp_path / "eval"), "--max_epochs", "1", "--epoch_length", "2",
-                    "--val_interval", "1", "--validation_every", "20", "--patches_per_image", "2",
-                    config="train.json")
+    output = bundle(
+        "run",
+        tmp_path,
+        "--dataset_dir",
+        str(DRIVE),
+        "--ckpt_dir",
+        str(tmp_path / "models"),
+        "--output_dir",
+        str(tmp_path / "eval"),
+        "--max_epochs",
+        "1",
+        "--epoch_length",
+        "2",
+        "--val_interval",
+        "1",
+        "--validation_every",
+        "20",
+        "--patches_per_image",
+        "2",
+        config="train.json",
+    )
     assert "val_f1_fov" in output and "boundary_weight" in output
     state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     shipped = torch.load(BUNDLE / "models" / "model.pt", weights_only=True)

@@ -11,7 +11,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-
 from bundle_runner import run_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,9 +39,20 @@ def test_metadata_verifies_against_the_schema_kept_in_the_repo(tmp_path):
     del broken["network_data_format"]["outputs"]["pred"]["channel_def"]
     (tmp_path / "broken.json").write_text(json.dumps(broken))
     result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", str(tmp_path / "broken.json"),
-         "--filepath", str(SCHEMA)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "verify_metadata",
+            "--meta_file",
+            str(tmp_path / "broken.json"),
+            "--filepath",
+            str(SCHEMA),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode != 0 and "channel_def" in result.stdout + result.stderr
 
@@ -56,15 +66,31 @@ def test_labels_and_dimension_for_monai_label():
 
 def test_network_in_out_and_torchscript_export(tmp_path):
     # The network is 2D on 2k+1 = 5 channels; the bundle's input is a 3D volume the inferer slices.
-    network_shape = ["--_meta_#network_data_format#inputs#image#num_channels", "5",
-                     "--_meta_#network_data_format#inputs#image#spatial_shape", "[48, 64]",
-                     "--_meta_#network_data_format#outputs#pred#spatial_shape", "[48, 64]"]
+    network_shape = [
+        "--_meta_#network_data_format#inputs#image#num_channels",
+        "5",
+        "--_meta_#network_data_format#inputs#image#spatial_shape",
+        "[48, 64]",
+        "--_meta_#network_data_format#outputs#pred#spatial_shape",
+        "[48, 64]",
+    ]
     output = bundle("verify_net_in_out", tmp_path, "network_def", *network_shape, config="inference.json")
     assert "data shape of network is verified with no error" in output
     exported = tmp_path / "model.ts"
-    bundle("ckpt_export", tmp_path, "network_def", "--filepath", str(exported),
-           "--ckpt_file", str(BUNDLE / "models" / "model.pt"), "--use_trace", "True",
-           "--input_shape", "[1, 5, 48, 64]", config="inference.json")
+    bundle(
+        "ckpt_export",
+        tmp_path,
+        "network_def",
+        "--filepath",
+        str(exported),
+        "--ckpt_file",
+        str(BUNDLE / "models" / "model.pt"),
+        "--use_trace",
+        "True",
+        "--input_shape",
+        "[1, 5, 48, 64]",
+        config="inference.json",
+    )
     from monai_unet2.networks import UNet
 
     network = UNet(spatial_dims=2, in_channels=5, out_channels=3, features=32)
@@ -117,8 +143,17 @@ def test_dicom_series_input_gets_nifti_and_dicom_seg_on_the_ct_grid(tmp_path):
     from monai_unet2.transforms import DicomSeriesReader, seg_to_grid
 
     shutil.copytree(DCMQI_CT, tmp_path / "inputs" / "ct_series")
-    bundle("run", tmp_path, "--dataset_dir", str(tmp_path / "inputs"), "--output_dir", str(tmp_path / "out"),
-           "--output_format", "dicom_seg", config="inference.json")
+    bundle(
+        "run",
+        tmp_path,
+        "--dataset_dir",
+        str(tmp_path / "inputs"),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--output_format",
+        "dicom_seg",
+        config="inference.json",
+    )
     ct = LoadImage(reader=DicomSeriesReader(), image_only=True)(str(DCMQI_CT))
     label = nib.load(tmp_path / "out" / "ct_series_seg.nii.gz")
     assert label.shape == tuple(ct.shape)
@@ -134,8 +169,19 @@ def test_dicom_series_input_gets_nifti_and_dicom_seg_on_the_ct_grid(tmp_path):
 
 
 def test_short_training_run_from_another_directory(tmp_path):
-    output = bundle("run", tmp_path, "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval"),
-                    "--max_epochs", "1", "--slices_per_volume", "2", config="train.json")
+    output = bundle(
+        "run",
+        tmp_path,
+        "--ckpt_dir",
+        str(tmp_path / "models"),
+        "--output_dir",
+        str(tmp_path / "eval"),
+        "--max_epochs",
+        "1",
+        "--slices_per_volume",
+        "2",
+        config="train.json",
+    )
     assert "val_mean_dice" in output and "boundary_weight" in output
     state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     shipped = torch.load(BUNDLE / "models" / "model.pt", weights_only=True)

@@ -225,9 +225,20 @@ def test_bundle_inference_with_the_checks_names_the_truncated_file(tmp_path):
     payload = (inputs / CASE).read_bytes()
     (inputs / CASE).write_bytes(payload[: len(payload) // 2])
     argv = [
-        sys.executable, "-m", "monai.bundle", "run", "--config_file", str(BUNDLE / "configs" / "inference.json"),
-        "--bundle_root", str(BUNDLE), "--dataset_dir", str(inputs), "--output_dir", str(outputs),
-        "--preprocessing#transforms#0#_target_", "monai_unet2.transforms.checks.SafeLoadImaged",
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(BUNDLE / "configs" / "inference.json"),
+        "--bundle_root",
+        str(BUNDLE),
+        "--dataset_dir",
+        str(inputs),
+        "--output_dir",
+        str(outputs),
+        "--preprocessing#transforms#0#_target_",
+        "monai_unet2.transforms.checks.SafeLoadImaged",
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     result = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -261,8 +272,10 @@ def test_volume_far_larger_than_memory_is_refused_from_its_header(tmp_path):
     available = available_memory()
     assert available is not None and available > 2**28
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    for path in (sparse_nifti(tmp_path / "huge.nii", (3000, 3000, 3000)),
-                 sparse_nifti(tmp_path / "huge.nii.gz", (3000, 3000, 3000), compress=True)):
+    for path in (
+        sparse_nifti(tmp_path / "huge.nii", (3000, 3000, 3000)),
+        sparse_nifti(tmp_path / "huge.nii.gz", (3000, 3000, 3000), compress=True),
+    ):
         assert header_voxel_count(path) == 27_000_000_000
         with pytest.raises(VolumeFileError) as caught:
             SafeLoadImaged("image", image_only=True)({"image": str(path)})
@@ -286,9 +299,11 @@ def test_dicom_series_size_is_judged_from_its_headers():
     assert header_voxel_count(DCMQI_CT) == 512 * 512 * len(slices)
     with pytest.raises(VolumeFileError) as caught:
         SafeLoadImaged("image", reader=DicomSeriesReader, image_only=True, max_memory_fraction=1e-9)(
-            {"image": str(DCMQI_CT)})
-    assert str(caught.value).startswith(f"{DCMQI_CT}: volume too large to process in one piece: "
-                                        f"{512 * 512 * len(slices):,} voxels")
+            {"image": str(DCMQI_CT)}
+        )
+    assert str(caught.value).startswith(
+        f"{DCMQI_CT}: volume too large to process in one piece: {512 * 512 * len(slices):,} voxels"
+    )
 
 
 @pytest.mark.slow
@@ -298,8 +313,18 @@ def test_bundle_inference_refuses_a_huge_volume_and_keeps_finished_outputs(tmp_p
     shutil.copy(SAMPLE / "imagesTr" / CASE, inputs / CASE)
     sparse_nifti(inputs / "zz_whole_body_scan.nii", (4000, 4000, 3000))
     argv = [
-        sys.executable, "-m", "monai.bundle", "run", "--config_file", str(BUNDLE / "configs" / "inference.json"),
-        "--bundle_root", str(BUNDLE), "--dataset_dir", str(inputs), "--output_dir", str(outputs),
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(BUNDLE / "configs" / "inference.json"),
+        "--bundle_root",
+        str(BUNDLE),
+        "--dataset_dir",
+        str(inputs),
+        "--output_dir",
+        str(outputs),
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     result = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

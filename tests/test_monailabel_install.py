@@ -53,9 +53,7 @@ def _venv_python() -> Path:
 
 def _run_in_venv(venv_python: Path, code: str) -> dict:
     """Run ``code`` with the venv's interpreter and return the JSON object it prints on its last line."""
-    result = subprocess.run(
-        [str(venv_python), "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO_ROOT
-    )
+    result = subprocess.run([str(venv_python), "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
     assert result.returncode == 0, f"{venv_python} failed:\n{result.stderr[-3000:]}"
     return json.loads(result.stdout.strip().splitlines()[-1])
 

@@ -27,7 +27,6 @@ import numpy as np
 import pytest
 import requests
 import SimpleITK as sitk
-
 from monailabel_utils import (
     REPO_ROOT,
     bundle_prediction,
@@ -35,10 +34,10 @@ from monailabel_utils import (
     cropped_series,
     dice,
     infer,
-    server_error,
     make_monaibundle_app,
     require_monailabel_venv,
     series_with_uids,
+    server_error,
     start_monailabel,
     start_orthanc,
 )
@@ -220,8 +219,15 @@ def pacs(tmp_path_factory):
         server, url = start_monailabel(app, f"{orthanc_url}/dicom-web", [MODEL], work)
         with server:
             yield SimpleNamespace(
-                url=url, orthanc=orthanc_url, bundle=bundle, work=work, log=server.log_path, full=full,
-                full_uid=full_uid, crop=crop, crop_uid=crop_uid,
+                url=url,
+                orthanc=orthanc_url,
+                bundle=bundle,
+                work=work,
+                log=server.log_path,
+                full=full,
+                full_uid=full_uid,
+                crop=crop,
+                crop_uid=crop_uid,
             )
 
 

@@ -21,10 +21,25 @@ MAX_EPOCHS = 3
 
 def train_command(folder: Path, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "monai.bundle", "run", "--config_file", str(BUNDLE / "configs" / "train.json"),
-        "--bundle_root", str(BUNDLE), "--meta_file", str(BUNDLE / "configs" / "metadata.json"),
-        "--ckpt_dir", str(folder / "models"), "--output_dir", str(folder / "eval"),
-        "--max_epochs", str(MAX_EPOCHS), "--slices_per_volume", "2", *extra,
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(BUNDLE / "configs" / "train.json"),
+        "--bundle_root",
+        str(BUNDLE),
+        "--meta_file",
+        str(BUNDLE / "configs" / "metadata.json"),
+        "--ckpt_dir",
+        str(folder / "models"),
+        "--output_dir",
+        str(folder / "eval"),
+        "--max_epochs",
+        str(MAX_EPOCHS),
+        "--slices_per_volume",
+        "2",
+        *extra,
     ]
 
 
@@ -32,8 +47,9 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONUNBUF
 
 
 def run_to_the_end(folder: Path, *extra: str) -> str:
-    result = subprocess.run(train_command(folder, *extra), cwd=folder, env=ENV, capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run(
+        train_command(folder, *extra), cwd=folder, env=ENV, capture_output=True, text=True, timeout=600
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     return output
@@ -44,7 +60,9 @@ def kill_when(folder: Path, marker: str) -> str:
     log_path = folder / "killed.log"
     with open(log_path, "w") as log:
         # per-iteration log lines instead of the progress bar give a reliable kill point
-        process = subprocess.Popen(train_command(folder, "--progress_bar", "False"), cwd=folder, env=ENV, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            train_command(folder, "--progress_bar", "False"), cwd=folder, env=ENV, stdout=log, stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + 600
         try:
             while marker not in log_path.read_text():
@@ -112,8 +130,14 @@ def test_sigkill_mid_epoch_then_resume_continues_the_same_run(tmp_path):
     assert resumed["best_metric"] == {"best_metric": pytest.approx(dice[best_epoch]), "best_metric_epoch": best_epoch}
 
     # nothing left to resume: a clear refusal, the finished state untouched
-    result = subprocess.run(train_command(interrupted, "--resume", "True"), cwd=interrupted, env=ENV,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        train_command(interrupted, "--resume", "True"),
+        cwd=interrupted,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode != 0
     assert f"this training already finished ({MAX_EPOCHS} of max_epochs {MAX_EPOCHS})" in result.stdout + result.stderr
     assert training_state(interrupted)["trainer"] == expected["trainer"]
@@ -163,8 +187,9 @@ def engine_with_metric(values):
 
 def test_resumed_best_model_saver_keeps_the_better_model(tmp_path):
     network = torch.nn.Linear(2, 1)
-    first = AtomicCheckpointSaver(str(tmp_path), {"model": network}, save_key_metric=True,
-                                  key_metric_filename="model.pt")
+    first = AtomicCheckpointSaver(
+        str(tmp_path), {"model": network}, save_key_metric=True, key_metric_filename="model.pt"
+    )
     engine = engine_with_metric([0.5, 0.9])
     first.attach(engine)
     torch.nn.init.constant_(network.weight, 9.0)
@@ -173,16 +198,18 @@ def test_resumed_best_model_saver_keeps_the_better_model(tmp_path):
     saved = first.state_dict()
 
     torch.nn.init.constant_(network.weight, 1.0)
-    resumed = AtomicCheckpointSaver(str(tmp_path), {"model": network}, save_key_metric=True,
-                                    key_metric_filename="model.pt")
+    resumed = AtomicCheckpointSaver(
+        str(tmp_path), {"model": network}, save_key_metric=True, key_metric_filename="model.pt"
+    )
     resumed.load_state_dict(saved)
     engine = engine_with_metric([0.7])
     resumed.attach(engine)
     engine.run([0], max_epochs=1)
     assert torch.load(tmp_path / "model.pt", weights_only=True)["weight"].eq(9.0).all()  # 0.7 < 0.9: kept
 
-    fresh = AtomicCheckpointSaver(str(tmp_path), {"model": network}, save_key_metric=True,
-                                  key_metric_filename="model.pt")
+    fresh = AtomicCheckpointSaver(
+        str(tmp_path), {"model": network}, save_key_metric=True, key_metric_filename="model.pt"
+    )
     engine = engine_with_metric([0.7])
     fresh.attach(engine)
     engine.run([0], max_epochs=1)
@@ -206,8 +233,10 @@ def test_resume_switch_without_state_starts_fresh_and_a_bad_state_is_named(tmp_p
 
     torch.save({"network": network.state_dict()}, path)
     engine = Engine(lambda engine, batch: None)
-    TrainingStateLoader(path, {"network": network, "optimizer": torch.optim.SGD(network.parameters(), 0.1)},
-                        resume=True).attach(engine)
-    with pytest.raises(TrainingStateError, match="not a training state of this configuration: missing optimizer, "
-                                                 "trainer"):
+    TrainingStateLoader(
+        path, {"network": network, "optimizer": torch.optim.SGD(network.parameters(), 0.1)}, resume=True
+    ).attach(engine)
+    with pytest.raises(
+        TrainingStateError, match="not a training state of this configuration: missing optimizer, trainer"
+    ):
         engine.run([0], max_epochs=1)

@@ -136,9 +136,20 @@ def test_bundle_inference_refuses_crafted_checkpoint(tmp_path):
     shutil.copy(CASE, inputs / CASE.name)
     checkpoint = crafted_checkpoint(tmp_path / "crafted.pt", marker)
     argv = [
-        sys.executable, "-m", "monai.bundle", "run", "--config_file", str(HIPPOCAMPUS / "configs" / "inference.json"),
-        "--bundle_root", str(HIPPOCAMPUS), "--ckpt_path", str(checkpoint),
-        "--dataset_dir", str(inputs), "--output_dir", str(outputs),
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(HIPPOCAMPUS / "configs" / "inference.json"),
+        "--bundle_root",
+        str(HIPPOCAMPUS),
+        "--ckpt_path",
+        str(checkpoint),
+        "--dataset_dir",
+        str(inputs),
+        "--output_dir",
+        str(outputs),
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     result = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

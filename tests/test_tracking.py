@@ -16,10 +16,10 @@ from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser
 
 pytest.importorskip("mlflow")
-import mlflow  # noqa: E402
+import mlflow
 
-from monai_unet2.networks import UNet  # noqa: E402
-from monai_unet2.tracking import (  # noqa: E402
+from monai_unet2.networks import UNet
+from monai_unet2.tracking import (
     TrackedMLFlowHandler,
     assign_alias,
     config_snapshot,
@@ -30,9 +30,9 @@ from monai_unet2.tracking import (  # noqa: E402
     render_preview,
     unique_run_name,
 )
-from monai_unet2.tracking.bundle_model import stage_bundle  # noqa: E402
-from monai_unet2.tracking.handlers import HOST_TAG, PID_TAG  # noqa: E402
-from monai_unet2.tracking.settings import host_name  # noqa: E402
+from monai_unet2.tracking.bundle_model import stage_bundle
+from monai_unet2.tracking.handlers import HOST_TAG, PID_TAG
+from monai_unet2.tracking.settings import host_name
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "hippocampus_unet25d_segmentation"
@@ -152,10 +152,16 @@ def test_restored_handler_reopens_its_killed_run_and_the_evaluators_handler_join
     client.set_terminated(saved["run_id"], "KILLED")  # what the next run does to a SIGKILLed one
 
     run_name = unique_run_name()  # the new process draws a new name; the restored state overrides it
-    trainer_handler = TrackedMLFlowHandler(tracking_uri=uri, experiment_name="exp", run_name=run_name,
-                                           output_transform=lambda o: o[0]["loss"], close_on_complete=True)
-    evaluator_handler = TrackedMLFlowHandler(tracking_uri=uri, experiment_name="exp", run_name=run_name,
-                                             iteration_log=False)
+    trainer_handler = TrackedMLFlowHandler(
+        tracking_uri=uri,
+        experiment_name="exp",
+        run_name=run_name,
+        output_transform=lambda o: o[0]["loss"],
+        close_on_complete=True,
+    )
+    evaluator_handler = TrackedMLFlowHandler(
+        tracking_uri=uri, experiment_name="exp", run_name=run_name, iteration_log=False
+    )
     trainer_handler.load_state_dict(saved)
     trainer, evaluator = _engine(), _engine(iterations=1)
     trainer.state_data = [5, 6, 7]
@@ -166,7 +172,8 @@ def test_restored_handler_reopens_its_killed_run_and_the_evaluators_handler_join
 
     assert trainer_handler.run_id == evaluator_handler.run_id == saved["run_id"]
     assert [run.info.run_id for run in client.search_runs([client.get_experiment_by_name("exp").experiment_id])] == [
-        saved["run_id"]]
+        saved["run_id"]
+    ]
     run = client.get_run(saved["run_id"])
     assert run.info.status == "FINISHED" and run.info.run_name == saved["run_name"]
     assert "monai_unet2.end_reason" not in run.data.tags and run.data.tags["monai_unet2.resumed_after_epoch"] == "0"

@@ -266,8 +266,7 @@ class TrainingStateLoader(CheckpointLoader):
             Checkpoint.load_objects(to_load=to_load, checkpoint=checkpoint, strict=True)
         except Exception as error:
             raise TrainingStateError(
-                f"{path}: cannot restore the training state into this configuration ({type(error).__name__}: "
-                f"{error})."
+                f"{path}: cannot restore the training state into this configuration ({type(error).__name__}: {error})."
             ) from error
         engine.state.max_epochs = max_epochs
         logger.info(

@@ -145,9 +145,7 @@ class SlidingWindowSliceInferer(Inferer):
             ``(B, out, H, W, D)`` (or ``(B, out, H, W)``), float32 unless the network returns float64, on ``device``.
         """
         if inputs.ndim not in (4, 5):
-            raise ValueError(
-                f"inputs must be (B, C, H, W) or (B, C, H, W, D), got shape {tuple(inputs.shape)}."
-            )
+            raise ValueError(f"inputs must be (B, C, H, W) or (B, C, H, W, D), got shape {tuple(inputs.shape)}.")
         meta_template = None
         if isinstance(inputs, MetaTensor):
             meta_template = MetaTensor([]).copy_meta_from(inputs, copy_attr=False)

@@ -18,10 +18,10 @@ from monai.utils import BlendMode, PytorchPadMode, ensure_tuple_rep, fall_back_t
 
 __all__ = [
     "PlaneWindowGrid",
-    "plane_scan_interval",
     "build_plane_window_grid",
-    "neighbour_indices",
     "gather_window",
+    "neighbour_indices",
+    "plane_scan_interval",
     "select_output",
 ]
 

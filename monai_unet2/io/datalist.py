@@ -15,11 +15,11 @@ from pathlib import Path
 
 __all__ = [
     "DatalistError",
-    "msd_datalist",
-    "split_cases",
     "inference_datalist",
     "is_dicom_file",
+    "msd_datalist",
     "resolve_inside",
+    "split_cases",
 ]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -164,9 +164,7 @@ def inference_datalist(dataset_dir: str | os.PathLike) -> list[dict]:
     for entry in sorted(root.iterdir()):
         if entry.name.startswith("."):
             continue
-        if entry.is_file() and entry.name.endswith(NIFTI_SUFFIXES):
-            inputs.append(str(entry.resolve()))
-        elif entry.is_dir() and any(is_dicom_file(child) for child in entry.iterdir() if child.is_file()):
+        if (entry.is_file() and entry.name.endswith(NIFTI_SUFFIXES)) or (entry.is_dir() and any(is_dicom_file(child) for child in entry.iterdir() if child.is_file())):
             inputs.append(str(entry.resolve()))
     if not inputs:
         raise DatalistError(f"{root}: no NIfTI files (*.nii, *.nii.gz) or DICOM series folders to segment")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .datalist import DatalistError, split_cases
 
-__all__ = ["IMAGE_SUFFIXES", "image_files", "paired_datalist", "image_folder_datalist"]
+__all__ = ["IMAGE_SUFFIXES", "image_files", "image_folder_datalist", "paired_datalist"]
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".gif", ".bmp")
 

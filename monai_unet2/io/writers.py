@@ -23,17 +23,17 @@ from monai.data import MetaTensor, NibabelWriter, PILWriter
 from monai.transforms import SaveImaged
 from monai.utils import MetaKeys
 
-from monai_unet2.io.dicom_seg_writer import import_highdicom, build_dicom_seg
+from monai_unet2.io.dicom_seg_writer import build_dicom_seg, import_highdicom
 
 __all__ = [
     "OutputWriteError",
-    "SaveSegmentationd",
     "SaveSegmentationD",
     "SaveSegmentationDict",
+    "SaveSegmentationd",
     "ensure_output_dir",
-    "write_atomically",
     "output_paths",
     "pending_inputs",
+    "write_atomically",
 ]
 
 logger = logging.getLogger(__name__)

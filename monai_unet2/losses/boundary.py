@@ -16,7 +16,7 @@ from torch.nn.modules.loss import _Loss
 
 from monai_unet2.transforms.distance import signed_distance_map
 
-__all__ = ["boundary_term", "distance_maps_from_target", "PrecomputedBoundaryLoss"]
+__all__ = ["PrecomputedBoundaryLoss", "boundary_term", "distance_maps_from_target"]
 
 
 def boundary_term(probabilities: torch.Tensor, distance_map: torch.Tensor) -> torch.Tensor:

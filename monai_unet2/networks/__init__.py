@@ -3,4 +3,4 @@
 from monai_unet2.networks.u2net import U2Net
 from monai_unet2.networks.unet import UNet
 
-__all__ = ["UNet", "U2Net"]
+__all__ = ["U2Net", "UNet"]

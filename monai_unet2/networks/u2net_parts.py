@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from monai.networks.layers.factories import Conv, Norm, Pool
 from torch import nn
 
-__all__ = ["CeilMaxPool", "REBNConv", "RSU", "RSUDilated", "upsample_like"]
+__all__ = ["RSU", "CeilMaxPool", "REBNConv", "RSUDilated", "upsample_like"]
 
 
 def upsample_like(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:

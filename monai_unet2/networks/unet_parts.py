@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from monai.networks.layers.factories import Conv, Norm, Pool
 from torch import nn
 
-__all__ = ["DoubleConv", "Down", "Up", "OutConv", "pad_to_match"]
+__all__ = ["DoubleConv", "Down", "OutConv", "Up", "pad_to_match"]
 
 
 def pad_to_match(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:

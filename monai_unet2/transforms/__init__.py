@@ -2,12 +2,12 @@
 
 from .checks import (
     CheckVolumeD,
-    CheckVolumeDict,
     CheckVolumed,
+    CheckVolumeDict,
     SafeLoadImage,
     SafeLoadImageD,
-    SafeLoadImageDict,
     SafeLoadImaged,
+    SafeLoadImageDict,
     VolumeFileError,
     describe_read_error,
     grid_distance_mm,

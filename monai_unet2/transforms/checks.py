@@ -107,7 +107,11 @@ class SafeLoadImage(LoadImage):
     """
 
     def __init__(
-        self, *args: Any, memory_per_voxel: float = DEFAULT_MEMORY_PER_VOXEL, max_memory_fraction: float | None = DEFAULT_MAX_MEMORY_FRACTION, **kwargs: Any
+        self,
+        *args: Any,
+        memory_per_voxel: float = DEFAULT_MEMORY_PER_VOXEL,
+        max_memory_fraction: float | None = DEFAULT_MAX_MEMORY_FRACTION,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.memory_per_voxel = memory_per_voxel
@@ -282,9 +286,7 @@ class CheckVolumed(MapTransform):
         if self.allow_nonfinite == "zero":
             logger.warning(f"{name}: {summary} replaced by 0 (allow_nonfinite='zero').")
             return array.masked_fill(~finite, 0)
-        raise VolumeFileError(
-            f"{name}: {summary}; fix the file or pass allow_nonfinite='zero' to replace them with 0"
-        )
+        raise VolumeFileError(f"{name}: {summary}; fix the file or pass allow_nonfinite='zero' to replace them with 0")
 
     def _check_labels(self, array: torch.Tensor, name: str) -> None:
         if self.expected_labels is None:

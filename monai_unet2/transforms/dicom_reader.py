@@ -34,7 +34,7 @@ from monai_unet2.transforms.dicom_checks import (
     validate_series,
 )
 
-__all__ = ["DicomSeriesReader", "DicomSeriesError", "DicomSeries", "decoder_available"]
+__all__ = ["DicomSeries", "DicomSeriesError", "DicomSeriesReader", "decoder_available"]
 
 logger = logging.getLogger(__name__)
 

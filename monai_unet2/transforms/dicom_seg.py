@@ -23,7 +23,7 @@ from monai.data import MetaTensor
 from monai.data.utils import orientation_ras_lps
 from monai.transforms import MapTransform
 
-__all__ = ["DicomSegError", "seg_to_grid", "LoadDicomSegd", "LoadDicomSegD", "LoadDicomSegDict"]
+__all__ = ["DicomSegError", "LoadDicomSegD", "LoadDicomSegDict", "LoadDicomSegd", "seg_to_grid"]
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 

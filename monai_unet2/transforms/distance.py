@@ -40,7 +40,7 @@ from monai.transforms import MapTransform
 from monai.utils import ensure_tuple_rep
 from scipy.ndimage import distance_transform_edt
 
-__all__ = ["signed_distance_map", "SignedDistanceMapd"]
+__all__ = ["SignedDistanceMapd", "signed_distance_map"]
 
 
 def _check_spacing(spacing: Sequence[float] | None, ndim: int) -> tuple[float, ...]:

@@ -12,15 +12,19 @@ use is known (``MemAvailable`` and the cgroup limit), so :func:`memory_refusal` 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from monai.utils import ensure_tuple
 
-__all__ = ["DEFAULT_MAX_MEMORY_FRACTION", "DEFAULT_MEMORY_PER_VOXEL", "available_memory", "header_voxel_count",
-           "memory_refusal"]
+__all__ = [
+    "DEFAULT_MAX_MEMORY_FRACTION",
+    "DEFAULT_MEMORY_PER_VOXEL",
+    "available_memory",
+    "header_voxel_count",
+    "memory_refusal",
+]
 
 DEFAULT_MEMORY_PER_VOXEL = 24.0
 DEFAULT_MAX_MEMORY_FRACTION = 0.8

@@ -19,14 +19,14 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Randomizable
 
 __all__ = [
-    "stack_slice_context",
-    "slice_affine",
-    "RandSliceWithContextd",
     "RandSliceWithContextD",
     "RandSliceWithContextDict",
-    "SliceWithContextd",
+    "RandSliceWithContextd",
     "SliceWithContextD",
     "SliceWithContextDict",
+    "SliceWithContextd",
+    "slice_affine",
+    "stack_slice_context",
 ]
 
 NdarrayOrTensor = np.ndarray | torch.Tensor
