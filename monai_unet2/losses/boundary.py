@@ -52,7 +52,7 @@ def distance_maps_from_target(one_hot_target: torch.Tensor, spacing: Sequence[fl
 class PrecomputedBoundaryLoss(_Loss):
     """Boundary loss alone (``probability x phi``), with ``phi`` passed in by the caller.
 
-    Use ``DiceBCEBoundaryLoss`` for training: the boundary loss must be combined with a region loss. This class is
+    Use ``DiceCEBoundaryLoss`` for training: the boundary loss must be combined with a region loss. This class is
     for analysis and for composing other losses.
 
     Args:

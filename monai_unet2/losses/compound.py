@@ -1,4 +1,4 @@
-"""Dice + cross-entropy + boundary loss in one object, with the distance maps carried by the target."""
+"""Dice + cross-entropy (MONAI ``DiceCELoss``) + boundary loss in one object, with the distance maps in the target."""
 
 from __future__ import annotations
 
@@ -6,22 +6,29 @@ import warnings
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
-from monai.losses import DiceLoss
+from monai.losses import DiceCELoss
 from monai.networks import one_hot
+from torch import nn
 from torch.nn.modules.loss import _Loss
 
 from monai_unet2.losses.boundary import boundary_term, distance_maps_from_target
 
-__all__ = ["DiceBCEBoundaryLoss"]
+__all__ = ["DiceCEBoundaryLoss"]
 
 
-class DiceBCEBoundaryLoss(_Loss):
+class DiceCEBoundaryLoss(_Loss):
     """``region_weight * (lambda_dice * Dice + lambda_ce * CE) + lambda_boundary * Boundary``.
 
-    - Dice: MONAI's soft ``DiceLoss`` (``include_background`` as in MONAI).
-    - CE: cross-entropy over all channels with ``softmax=True`` (multi-class), binary cross-entropy with logits with
-      ``sigmoid=True`` (binary / multi-label; channel 0 dropped when ``include_background=False`` and N > 1).
+    - Dice and CE: the parts of MONAI's :class:`~monai.losses.DiceCELoss` (``self.dice_ce``): its soft ``DiceLoss``
+      (``include_background`` as in MONAI), its cross-entropy over all channels with ``softmax=True`` (multi-class)
+      and its binary cross-entropy with logits with ``sigmoid=True`` (binary). Two details differ from calling
+      ``DiceCELoss`` itself, both kept from this loss's first version (docs/losses.md, "Region terms"):
+
+      * a multi-channel ``sigmoid`` output (multi-label) gets BCE per channel, channel 0 dropped when
+        ``include_background=False``; ``DiceCELoss`` picks the criterion by channel count and would run a softmax
+        cross-entropy over independent sigmoid channels;
+      * ``ce_weight`` weights the cross-entropy only; ``DiceCELoss(weight=...)`` weights the Dice term too.
+
     - Boundary (Kervadec et al. 2019): mean over voxels of ``probability_c * phi_c`` over the foreground classes.
       The background channel never enters it: channel 0 of a softmax output is always dropped (its map would be
       minus the foreground's and count every boundary twice), and so is channel 0 of a multi-channel sigmoid output
@@ -36,9 +43,11 @@ class DiceBCEBoundaryLoss(_Loss):
     ``prepare_batch``, and is plain bundle JSON. Training metrics computed on ``label`` must drop the extra
     channels in the train postprocessing (see docs/losses.md). A target without ``phi`` channels still works: the
     maps are then computed on the fly, on the CPU, on every call (with a one-time warning about the cost).
+    MONAI's ``BoundaryLoss`` is not used for that reason: it recomputes the distance transform in every call.
 
     The loss is computed in float32 with autocast disabled, so it is finite under AMP (bfloat16 / float16 logits).
-    ``lambda_boundary`` and ``region_weight`` are plain attributes: ``BoundaryWeightSchedule`` sets them each epoch.
+    The four weights are plain attributes; MONAI's ``ParamSchedulerHandler`` with
+    :func:`~monai_unet2.losses.boundary_weight_setter` sets ``lambda_boundary`` (and ``region_weight``) each epoch.
 
     Args:
         include_background: include channel 0 in the Dice (and multi-channel BCE) terms, as MONAI's losses.
@@ -55,8 +64,8 @@ class DiceBCEBoundaryLoss(_Loss):
         smooth_dr: Dice denominator smoothing (MONAI ``DiceLoss``).
         squared_pred: squared terms in the Dice denominator (MONAI ``DiceLoss``).
         batch: Dice over the whole batch instead of per sample (MONAI ``DiceLoss``).
-        ce_weight: per-class weights for the cross-entropy (``weight`` of ``F.cross_entropy``, ``pos_weight``
-            of ``F.binary_cross_entropy_with_logits``), one value per channel the CE term uses.
+        ce_weight: per-class weights of the cross-entropy only: ``weight`` of the softmax cross-entropy (one per
+            channel), ``pos_weight`` of the BCE (one per channel the BCE uses).
     """
 
     def __init__(
@@ -80,12 +89,12 @@ class DiceBCEBoundaryLoss(_Loss):
         super().__init__()
         if sigmoid == softmax:
             raise ValueError(
-                "DiceBCEBoundaryLoss: set exactly one of sigmoid=True (binary / multi-label) or softmax=True."
+                "DiceCEBoundaryLoss: set exactly one of sigmoid=True (binary / multi-label) or softmax=True."
             )
         if label_channels is not None and label_channels < 1:
-            raise ValueError(f"DiceBCEBoundaryLoss: label_channels must be at least 1, got {label_channels}.")
+            raise ValueError(f"DiceCEBoundaryLoss: label_channels must be at least 1, got {label_channels}.")
         if min(lambda_dice, lambda_ce, lambda_boundary, region_weight) < 0:
-            raise ValueError("DiceBCEBoundaryLoss: the weights must be non-negative.")
+            raise ValueError("DiceCEBoundaryLoss: the weights must be non-negative.")
         self.include_background = include_background
         self.to_onehot_y = to_onehot_y
         self.sigmoid = sigmoid
@@ -96,73 +105,89 @@ class DiceBCEBoundaryLoss(_Loss):
         self.region_weight = float(region_weight)
         self.label_channels = label_channels
         self.spacing = spacing
-        self.dice = DiceLoss(
+        # only the parts are called (dice, ce, bce), weighted by this object's lambdas: see the class docstring
+        self.dice_ce = DiceCELoss(
             include_background=include_background,
+            to_onehot_y=to_onehot_y,
+            sigmoid=sigmoid,
+            softmax=softmax,
+            squared_pred=squared_pred,
             smooth_nr=smooth_nr,
             smooth_dr=smooth_dr,
-            squared_pred=squared_pred,
             batch=batch,
         )
-        ce_weight_tensor = None if ce_weight is None else torch.as_tensor(ce_weight, dtype=torch.float32)
-        self.register_buffer("ce_weight", ce_weight_tensor, persistent=False)
+        if ce_weight is not None:
+            weight = torch.as_tensor(ce_weight, dtype=torch.float32)
+            self.dice_ce.cross_entropy = nn.CrossEntropyLoss(weight=weight)
+            self.dice_ce.binary_cross_entropy = nn.BCEWithLogitsLoss(pos_weight=weight)
         self.last_terms: dict[str, torch.Tensor] = {}
         self._warned_on_the_fly = False
 
-    def _split_target(
-        self, input: torch.Tensor, target: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        n_pred = input.shape[1]
+    def _split_target(self, input: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The label part (as given: class indices or one-hot) and the distance-map part of ``target``."""
         if target.dim() != input.dim():
             raise ValueError(
-                f"DiceBCEBoundaryLoss: target {tuple(target.shape)} must have the rank of the prediction "
+                f"DiceCEBoundaryLoss: target {tuple(target.shape)} must have the rank of the prediction "
                 f"{tuple(input.shape)} (B, C, *spatial)."
             )
         if target.shape[2:] != input.shape[2:] or target.shape[0] != input.shape[0]:
             raise ValueError(
-                f"DiceBCEBoundaryLoss: target {tuple(target.shape)} and prediction {tuple(input.shape)} differ in "
+                f"DiceCEBoundaryLoss: target {tuple(target.shape)} and prediction {tuple(input.shape)} differ in "
                 "batch or spatial size."
             )
-        label_channels = self.label_channels or (1 if self.to_onehot_y else n_pred)
+        label_channels = self.label_channels or (1 if self.to_onehot_y else input.shape[1])
         if target.shape[1] < label_channels:
             raise ValueError(
-                f"DiceBCEBoundaryLoss: target has {target.shape[1]} channels, fewer than "
+                f"DiceCEBoundaryLoss: target has {target.shape[1]} channels, fewer than "
                 f"label_channels={label_channels}."
             )
-        label = target[:, :label_channels]
-        class_indices = None
-        if self.to_onehot_y and n_pred > 1:
-            class_indices = label.long()
-            one_hot_label = one_hot(class_indices, num_classes=n_pred, dim=1, dtype=torch.float32)
-            class_indices = class_indices[:, 0]
-        else:
-            one_hot_label = label.float()
-        if one_hot_label.shape[1] != n_pred:
+        label = target[:, :label_channels].float()
+        expected = 1 if self.to_onehot_y and input.shape[1] > 1 else input.shape[1]
+        if label.shape[1] != expected:
             raise ValueError(
-                f"DiceBCEBoundaryLoss: label has {one_hot_label.shape[1]} channels, the prediction {n_pred}; "
+                f"DiceCEBoundaryLoss: label has {label.shape[1]} channels, the prediction {input.shape[1]}; "
                 "set to_onehot_y=True for a class-index label."
             )
-        return one_hot_label, class_indices, target[:, label_channels:].float()
+        return label, target[:, label_channels:].float()
 
-    def _boundary_channels(self, n_pred: int) -> slice:
-        if self.softmax or (not self.include_background and n_pred > 1):
+    def _foreground_channels(self, num_channels: int) -> slice:
+        """Channels of the boundary term and of a multi-channel BCE: all but the background."""
+        if self.softmax or (not self.include_background and num_channels > 1):
             return slice(1, None)
         return slice(0, None)
 
-    def _cross_entropy(
-        self, logits: torch.Tensor, one_hot_label: torch.Tensor, class_indices: torch.Tensor | None
-    ) -> torch.Tensor:
+    def _cross_entropy(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """Softmax cross-entropy on class indices, or BCE per foreground channel (MONAI ``DiceCELoss.ce`` / ``bce``)."""
         if self.softmax:
-            if class_indices is None:
-                class_indices = one_hot_label.argmax(dim=1)
-            weight = None if self.ce_weight is None else self.ce_weight.to(logits.device)
-            return F.cross_entropy(logits, class_indices, weight=weight)
-        channels = self._boundary_channels(logits.shape[1])
-        pos_weight = None
-        if self.ce_weight is not None:
-            pos_weight = self.ce_weight.to(logits.device).view(-1, *([1] * (logits.dim() - 2)))
-        return F.binary_cross_entropy_with_logits(
-            logits[:, channels], one_hot_label[:, channels], pos_weight=pos_weight
-        )
+            class_indices = label if label.shape[1] == 1 else label.argmax(dim=1, keepdim=True)
+            return self.dice_ce.ce(logits, class_indices)
+        if label.shape[1] != logits.shape[1]:
+            label = one_hot(label, num_classes=logits.shape[1], dim=1, dtype=torch.float32)
+        channels = self._foreground_channels(logits.shape[1])
+        # channels last, so that a per-channel pos_weight broadcasts over them; the mean is the same
+        return self.dice_ce.bce(logits[:, channels].movedim(1, -1), label[:, channels].movedim(1, -1))
+
+    def _distance_maps(self, distance_map: torch.Tensor, label: torch.Tensor, num_channels: int) -> torch.Tensor:
+        """The maps carried in the target, or (fallback, slow) maps computed from the label, one per foreground class."""
+        expected = len(range(num_channels)[self._foreground_channels(num_channels)])
+        if distance_map.shape[1] == expected:
+            return distance_map
+        if distance_map.shape[1] != 0:
+            raise ValueError(
+                f"DiceCEBoundaryLoss: target carries {distance_map.shape[1]} distance-map channels, the "
+                f"boundary term needs {expected} (one per foreground class; check SignedDistanceMapd's "
+                "num_classes / include_background and label_channels)."
+            )
+        if not self._warned_on_the_fly:
+            warnings.warn(
+                "DiceCEBoundaryLoss: the target carries no signed distance maps, computing them on the CPU in every "
+                "step (slow). Add SignedDistanceMapd + ConcatItemsd to the training transforms (docs/losses.md).",
+                stacklevel=3,
+            )
+            self._warned_on_the_fly = True
+        if label.shape[1] != num_channels:
+            label = one_hot(label, num_classes=num_channels, dim=1, dtype=torch.float32)
+        return distance_maps_from_target(label[:, self._foreground_channels(num_channels)], self.spacing)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """
@@ -176,37 +201,21 @@ class DiceBCEBoundaryLoss(_Loss):
             scalar loss (float32).
         """
         if self.softmax and input.shape[1] < 2:
-            raise ValueError("DiceBCEBoundaryLoss: softmax=True needs at least 2 output channels; use sigmoid=True.")
+            raise ValueError("DiceCEBoundaryLoss: softmax=True needs at least 2 output channels; use sigmoid=True.")
         # plain tensors: MetaTensor bookkeeping on every elementwise op costs time and carries nothing useful here
         input, target = input.as_subclass(torch.Tensor), target.as_subclass(torch.Tensor)
         with torch.autocast(device_type=input.device.type, enabled=False):
             logits = input.float()
-            one_hot_label, class_indices, distance_map = self._split_target(logits, target)
-            probabilities = torch.softmax(logits, dim=1) if self.softmax else torch.sigmoid(logits)
-            dice = self.dice(probabilities, one_hot_label)
-            cross_entropy = self._cross_entropy(logits, one_hot_label, class_indices)
+            label, distance_map = self._split_target(logits, target)
+            dice = self.dice_ce.dice(logits, label)
+            cross_entropy = self._cross_entropy(logits, label)
             total = self.region_weight * (self.lambda_dice * dice + self.lambda_ce * cross_entropy)
             boundary = torch.zeros((), device=logits.device)
             if self.lambda_boundary > 0:
-                channels = self._boundary_channels(logits.shape[1])
-                probabilities = probabilities[:, channels]
-                if distance_map.shape[1] == 0:
-                    if not self._warned_on_the_fly:
-                        warnings.warn(
-                            "DiceBCEBoundaryLoss: the target carries no signed distance maps, computing them on the "
-                            "CPU in every step (slow). Add SignedDistanceMapd + ConcatItemsd to the training "
-                            "transforms (docs/losses.md).",
-                            stacklevel=2,
-                        )
-                        self._warned_on_the_fly = True
-                    distance_map = distance_maps_from_target(one_hot_label[:, channels], self.spacing)
-                elif distance_map.shape[1] != probabilities.shape[1]:
-                    raise ValueError(
-                        f"DiceBCEBoundaryLoss: target carries {distance_map.shape[1]} distance-map channels, the "
-                        f"boundary term needs {probabilities.shape[1]} (one per foreground class; check "
-                        "SignedDistanceMapd's num_classes / include_background and label_channels)."
-                    )
-                boundary = boundary_term(probabilities, distance_map)
+                probabilities = torch.softmax(logits, dim=1) if self.softmax else torch.sigmoid(logits)
+                channels = self._foreground_channels(logits.shape[1])
+                distance_map = self._distance_maps(distance_map, label, logits.shape[1])
+                boundary = boundary_term(probabilities[:, channels], distance_map)
                 total = total + self.lambda_boundary * boundary
         self.last_terms = {"dice": dice.detach(), "ce": cross_entropy.detach(), "boundary": boundary.detach()}
         return total

@@ -1,7 +1,15 @@
-"""Epoch-wise schedule of the boundary-loss weight (Kervadec et al.): an ignite handler in MONAI's handler style."""
+"""Boundary-weight schedule (Kervadec et al.): a setter for MONAI's ``ParamSchedulerHandler``, and its epoch metric.
+
+MONAI's ``ParamSchedulerHandler`` does the scheduling (``value_calculator="linear"``, ``epoch_level=True``); this
+module adds what it cannot know: which attributes of which loss to set (:func:`boundary_weight_setter`), and how to
+report the value it set as a trainer metric (:class:`BoundaryWeightMetric`; the handler only passes the value to
+the setter, which never sees the engine). docs/losses.md has the bundle snippet.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from monai.utils import IgniteInfo, min_version, optional_import
@@ -12,11 +20,15 @@ else:
     Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
     Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 
-__all__ = ["BoundaryWeightSchedule"]
+__all__ = ["BoundaryWeightMetric", "boundary_weight_setter"]
 
 
-def _find_weighted_loss(loss: Any) -> Any:
-    """The object holding ``lambda_boundary``: the loss itself or a wrapped one (``DeepSupervisionLoss.loss``)."""
+def _weighted_loss(loss: Any) -> Any:
+    """The object holding ``lambda_boundary``: ``loss`` itself or a wrapped one (``DeepSupervisionLoss.loss``).
+
+    Args:
+        loss: ``DiceCEBoundaryLoss`` or a wrapper with a ``.loss`` attribute around one.
+    """
     current, seen = loss, set()
     while current is not None and id(current) not in seen:
         if hasattr(current, "lambda_boundary"):
@@ -24,89 +36,63 @@ def _find_weighted_loss(loss: Any) -> Any:
         seen.add(id(current))
         current = getattr(current, "loss", None)
     raise TypeError(
-        f"BoundaryWeightSchedule: {type(loss).__name__} has no 'lambda_boundary' attribute (nor a wrapped '.loss' "
-        "with one); pass a DiceBCEBoundaryLoss or a DeepSupervisionLoss around one."
+        f"{type(loss).__name__} has no 'lambda_boundary' attribute (nor a wrapped '.loss' with one); pass a "
+        "DiceCEBoundaryLoss or a DeepSupervisionLoss around one."
     )
 
 
-class BoundaryWeightSchedule:
-    """Set the boundary weight alpha at the start of every epoch: ``alpha = start + step * (epoch - 1)``, capped.
+def _set_boundary_weight(loss: Any, value: float, rebalance: bool, min_region_weight: float) -> None:
+    if value < 0:
+        raise ValueError(f"boundary weight must be non-negative, the schedule gave {value}.")
+    alpha = min(float(value), 1.0) if rebalance else float(value)
+    loss.lambda_boundary = alpha
+    if rebalance:
+        loss.region_weight = max(1.0 - alpha, min_region_weight)
 
-    The official schedule of the boundary loss starts at 0.01 and adds 0.01 per epoch; with ``rebalance=True`` the
-    region terms get ``max(1 - alpha, region_floor)`` (``region_weight`` of the loss), so the boundary term can never
-    swamp them completely. Alpha is derived from ``engine.state.epoch`` alone, so resuming a trainer from a
-    checkpoint (``CheckpointLoader`` restores the epoch) restores it without any state of its own.
 
-    Alpha is published as ``engine.state.metrics[metric_name]`` (default ``"boundary_weight"``), which MONAI's
-    ``StatsHandler`` and ``MLFlowHandler`` log at every epoch end of the trainer, and as the attribute
-    ``engine.state.boundary_weight`` (for their ``state_attributes``). Attach it to the trainer, e.g. in a bundle's
-    ``train#handlers``::
+def boundary_weight_setter(
+    loss: Any, rebalance: bool = False, min_region_weight: float = 0.1
+) -> Callable[[float], None]:
+    """The ``parameter_setter`` of a ``ParamSchedulerHandler`` that schedules the boundary weight alpha of ``loss``.
 
-        {"_target_": "monai_unet2.losses.BoundaryWeightSchedule", "loss": "@loss", "start": 0.01, "step": 0.01}
+    The returned callable sets ``lambda_boundary = value``; with ``rebalance`` it caps alpha at 1 and also sets
+    ``region_weight = max(1 - alpha, min_region_weight)``, so the boundary term never swamps the region terms.
 
     Args:
-        loss: ``DiceBCEBoundaryLoss`` or a wrapper (``DeepSupervisionLoss``) around one.
-        start: alpha in epoch 1.
-        step: increase per epoch.
-        max_weight: cap on alpha (``None``: no cap; with ``rebalance`` alpha is always capped at 1).
-        rebalance: also set the region weight to ``max(1 - alpha, region_floor)``.
-        region_floor: lowest region weight when rebalancing.
-        metric_name: key in ``engine.state.metrics`` (and name of the state attribute).
+        loss: ``DiceCEBoundaryLoss``, or a ``DeepSupervisionLoss`` around one (``.loss`` is unwrapped).
+        rebalance: also scale the region terms by ``1 - alpha``.
+        min_region_weight: lowest region weight when rebalancing, in ``[0, 1]``.
+    """
+    if not 0 <= min_region_weight <= 1:
+        raise ValueError(f"boundary_weight_setter: min_region_weight must be in [0, 1], got {min_region_weight}.")
+    return partial(
+        _set_boundary_weight, _weighted_loss(loss), rebalance=rebalance, min_region_weight=float(min_region_weight)
+    )
+
+
+class BoundaryWeightMetric:
+    """Report the loss's current boundary weight alpha as the trainer metric ``metric_name`` at every epoch.
+
+    ``engine.state.metrics[metric_name]`` is what MONAI's ``StatsHandler`` prints and ``MLFlowHandler`` logs at the
+    trainer's epoch end (step = epoch); the attribute ``engine.state.<metric_name>`` serves their
+    ``state_attributes``. Written at epoch start (after the ``ParamSchedulerHandler`` that sets alpha, when listed
+    after it) and again at epoch end, so the value is there whatever the order of the epoch-end handlers.
+
+    Args:
+        loss: ``DiceCEBoundaryLoss``, or a ``DeepSupervisionLoss`` around one.
+        metric_name: key in ``engine.state.metrics`` and name of the state attribute.
     """
 
-    def __init__(
-        self,
-        loss: Any,
-        start: float = 0.01,
-        step: float = 0.01,
-        max_weight: float | None = None,
-        rebalance: bool = False,
-        region_floor: float = 0.1,
-        metric_name: str = "boundary_weight",
-    ) -> None:
-        if start < 0 or step < 0 or (max_weight is not None and max_weight < 0):
-            raise ValueError("BoundaryWeightSchedule: start, step and max_weight must be non-negative.")
-        if not 0 <= region_floor <= 1:
-            raise ValueError(f"BoundaryWeightSchedule: region_floor must be in [0, 1], got {region_floor}.")
-        self.loss = _find_weighted_loss(loss)
-        self.start = float(start)
-        self.step = float(step)
-        self.max_weight = max_weight
-        self.rebalance = rebalance
-        self.region_floor = float(region_floor)
+    def __init__(self, loss: Any, metric_name: str = "boundary_weight") -> None:
+        self.loss = _weighted_loss(loss)
         self.metric_name = metric_name
 
-    def weight_at(self, epoch: int) -> float:
-        """Alpha in (1-based) ``epoch``."""
-        alpha = self.start + self.step * max(epoch - 1, 0)
-        if self.max_weight is not None:
-            alpha = min(alpha, float(self.max_weight))
-        if self.rebalance:
-            alpha = min(alpha, 1.0)
-        return alpha
-
-    def region_weight_at(self, epoch: int) -> float:
-        """Region weight in ``epoch``: ``max(1 - alpha, region_floor)`` with ``rebalance``, else 1."""
-        return max(1.0 - self.weight_at(epoch), self.region_floor) if self.rebalance else 1.0
-
     def attach(self, engine: Engine) -> None:
-        """Register the epoch-start update and the epoch-end publication on ``engine`` (a trainer)."""
-        if not engine.has_event_handler(self.epoch_started, Events.EPOCH_STARTED):
-            engine.add_event_handler(Events.EPOCH_STARTED, self.epoch_started)
-        if not engine.has_event_handler(self.publish, Events.EPOCH_COMPLETED):
-            engine.add_event_handler(Events.EPOCH_COMPLETED, self.publish)
-
-    def epoch_started(self, engine: Engine) -> None:
-        """Set alpha (and the region weight) on the loss for ``engine.state.epoch``."""
-        self.loss.lambda_boundary = self.weight_at(engine.state.epoch)
-        if self.rebalance:
-            self.loss.region_weight = self.region_weight_at(engine.state.epoch)
-        self.publish(engine)
-
-    def publish(self, engine: Engine) -> None:
-        """Put the current alpha where MONAI's StatsHandler / MLFlowHandler read it."""
-        engine.state.metrics[self.metric_name] = self.loss.lambda_boundary
-        setattr(engine.state, self.metric_name, self.loss.lambda_boundary)
+        """Publish alpha on ``engine`` (a trainer) at every epoch start and end."""
+        for event in (Events.EPOCH_STARTED, Events.EPOCH_COMPLETED):
+            if not engine.has_event_handler(self, event):
+                engine.add_event_handler(event, self)
 
     def __call__(self, engine: Engine) -> None:
-        self.epoch_started(engine)
+        engine.state.metrics[self.metric_name] = self.loss.lambda_boundary
+        setattr(engine.state, self.metric_name, self.loss.lambda_boundary)
