@@ -65,23 +65,23 @@ def make_unet(in_channels: int) -> tuple[torch.nn.Module, str]:
         return network, "MONAI BasicUNet (32..512)"
 
 
-def stacked_emulation_input(volume: torch.Tensor, context: int, spatial_dim: int) -> torch.Tensor:
+def stacked_emulation_input(volume: torch.Tensor, context: int, slice_axis: int) -> torch.Tensor:
     """The (2k+1)-fold input a MONAI-only 2.5D needs: replicate-padded shifted copies as channels c*(2k+1)+j."""
-    axis = spatial_dim + 2
+    axis = slice_axis + 2
     indices = neighbour_indices(volume.shape[axis], context)
     shifted = [volume.index_select(axis, indices[:, j]) for j in range(2 * context + 1)]
     return torch.stack(shifted, dim=2).flatten(1, 2)
 
 
-def emulation(volume, network, roi, overlap, context, spatial_dim=2):
-    stacked = stacked_emulation_input(volume, context, spatial_dim)
-    return monai_slice_inferer(roi, overlap, spatial_dim)(stacked, network)
+def emulation(volume, network, roi, overlap, context, slice_axis=2):
+    stacked = stacked_emulation_input(volume, context, slice_axis)
+    return monai_slice_inferer(roi, overlap, slice_axis)(stacked, network)
 
 
-def monai_slice_inferer(roi, overlap, spatial_dim=2) -> SliceInferer:
+def monai_slice_inferer(roi, overlap, slice_axis=2) -> SliceInferer:
     """MONAI's SliceInferer with our settings (it needs an explicit 2D roi: -1 entries mean the full extent)."""
     roi = (-1, -1) if roi is None else roi
-    return SliceInferer(roi_size=roi, sw_batch_size=SW_BATCH_SIZE, spatial_dim=spatial_dim, overlap=overlap)
+    return SliceInferer(roi_size=roi, sw_batch_size=SW_BATCH_SIZE, spatial_dim=slice_axis, overlap=overlap)
 
 
 def timed(function, *args):

@@ -30,12 +30,12 @@ class SlidingWindowSliceInferer(Inferer):
     """Run a 2D network on every slice of a volume, with neighbour slices as extra channels (2.5D).
 
     ``inferer(volume, network)`` with ``volume`` of shape ``(B, C, H, W, D)`` returns ``(B, out, H, W, D)``: for
-    each slice along ``spatial_dim`` the network sees ``C * (2k+1)`` channels, the slices at offsets ``-k..+k``
+    each slice along ``slice_axis`` the network sees ``C * (2k+1)`` channels, the slices at offsets ``-k..+k``
     (``k = context_slices``) for each input channel in turn, i.e. channel ``c * (2k+1) + (offset + k)``; this is
     the order of the 2.5D training transforms. The slice axis is replicate-padded, so edge slices get a prediction.
     Within a slice, windows of ``roi_size`` slide with ``overlap`` and are blended with a constant or Gaussian
     weight, exactly as MONAI's ``sliding_window_inference`` does on a 2D image. A 2D batch ``(B, C, H, W)`` is
-    inferred as such (2D sliding window; ``spatial_dim`` and ``context_slices`` are not used), so one bundle
+    inferred as such (2D sliding window; ``slice_axis`` and ``context_slices`` are not used), so one bundle
     config serves 2D images and 3D volumes, including the ``(1, C, H, W, D)`` volumes that MONAI Label receives
     from 3D Slicer.
 
@@ -52,8 +52,8 @@ class SlidingWindowSliceInferer(Inferer):
         roi_size: in-plane window size ``(h, w)`` or one int for both; ``None`` / 0 / -1 entries take the full slice
             extent (default: whole slices).
         sw_batch_size: number of 2D windows per network call; windows may come from different slices.
-        spatial_dim: spatial axis to slide along, 0, 1 or 2 for H, W or D (MONAI ``SliceInferer`` semantics); the
-            default 2 gives axial slices for RAS-oriented volumes. A sequence, e.g. ``(0, 1, 2)``, runs each view and
+        slice_axis: spatial axis to slide along, 0, 1 or 2 for H, W or D (``spatial_dim`` of MONAI's ``SliceInferer``);
+            the default 2 gives axial slices for RAS-oriented volumes. A sequence, e.g. ``(0, 1, 2)``, runs each view and
             averages them (in probability space when ``tta_activation`` is set): this only makes sense for
             (near-)isotropic data and a network trained on slices of every orientation.
         context_slices: neighbours k on each side; ``0`` is plain per-slice 2D inference.
@@ -80,7 +80,7 @@ class SlidingWindowSliceInferer(Inferer):
         self,
         roi_size: Sequence[int | None] | int | None = None,
         sw_batch_size: int = 8,
-        spatial_dim: int | Sequence[int] = 2,
+        slice_axis: int | Sequence[int] = 2,
         context_slices: int = 0,
         overlap: Sequence[float] | float = 0.25,
         mode: BlendMode | str = BlendMode.CONSTANT,
@@ -97,9 +97,9 @@ class SlidingWindowSliceInferer(Inferer):
         super().__init__()
         if roi_size is not None and not isinstance(roi_size, int) and len(roi_size) != 2:
             raise ValueError(f"roi_size must be 2D (an in-plane window), got {roi_size}.")
-        self.spatial_dims = tuple(int(d) for d in ensure_tuple(spatial_dim))
-        if not self.spatial_dims or any(d not in (0, 1, 2) for d in self.spatial_dims):
-            raise ValueError(f"spatial_dim must be 0, 1 or 2 (H, W, D) or a sequence of them, got {spatial_dim}.")
+        self.slice_axes = tuple(int(axis) for axis in ensure_tuple(slice_axis))
+        if not self.slice_axes or any(axis not in (0, 1, 2) for axis in self.slice_axes):
+            raise ValueError(f"slice_axis must be 0, 1 or 2 (H, W, D) or a sequence of them, got {slice_axis}.")
         if int(context_slices) < 0:
             raise ValueError(f"context_slices must be >= 0, got {context_slices}.")
         if int(sw_batch_size) < 1:
@@ -110,7 +110,7 @@ class SlidingWindowSliceInferer(Inferer):
             raise ValueError("flip_tta=True averages probabilities: set tta_activation to 'softmax' or 'sigmoid'.")
         self.roi_size = roi_size
         self.sw_batch_size = int(sw_batch_size)
-        self.spatial_dim = spatial_dim
+        self.slice_axis = slice_axis
         self.context_slices = int(context_slices)
         self.overlap = overlap
         self.mode = look_up_option(mode, BlendMode)
@@ -152,7 +152,7 @@ class SlidingWindowSliceInferer(Inferer):
             inputs = inputs.as_tensor()
         device = torch.device(self.device) if self.device is not None else inputs.device
         sw_device = torch.device(self.sw_device) if self.sw_device is not None else inputs.device
-        views: tuple[int | None, ...] = self.spatial_dims if inputs.ndim == 5 else (None,)
+        views: tuple[int | None, ...] = self.slice_axes if inputs.ndim == 5 else (None,)
         total_slices = sum(inputs.shape[0] * (1 if v is None else inputs.shape[v + 2]) for v in views)
         bar = tqdm(total=total_slices, unit="slice") if self.progress else None
         output: torch.Tensor | None = None
@@ -197,14 +197,14 @@ class SlidingWindowSliceInferer(Inferer):
             batch = torch.empty(
                 (len(items), channels * (2 * context + 1), *grid.window_size), dtype=in_dtype, device=stack.device
             )
-            places = []
+            places = []  # (batch item, slice, in-plane window) of every row of the window batch
             for row, item in enumerate(items):
-                b, rest = divmod(item, windows_per_item)
-                s, w = divmod(rest, len(grid))
-                rows, cols = grid.source[w]
-                region = stack[b, :, :, rows, cols]
-                gather_window(region, neighbours[s], batch[row], grid.pad, self.padding_mode, self.cval)
-                places.append((b, s, w))
+                batch_index, rest = divmod(item, windows_per_item)
+                slice_index, window_index = divmod(rest, len(grid))
+                rows, cols = grid.source[window_index]
+                region = stack[batch_index, :, :, rows, cols]
+                gather_window(region, neighbours[slice_index], batch[row], grid.pad, self.padding_mode, self.cval)
+                places.append((batch_index, slice_index, window_index))
             prediction = self._predict(network, batch.to(sw_device), args, kwargs)
             if target is None:
                 out_shape = (batch_size, prediction.shape[1], *inputs.shape[2:])
@@ -224,19 +224,29 @@ class SlidingWindowSliceInferer(Inferer):
         target: torch.Tensor, prediction: torch.Tensor, grid: PlaneWindowGrid, places: list[tuple[int, int, int]]
     ) -> None:
         """Add ``prediction * weight`` of every window to its place in ``target`` (in place, no batch-sized
-        temporary when the output is on the network's device)."""
+        temporary when the output is on the network's device).
+
+        Args:
+            target: ``(B, out, S, P, Q)`` slice-major view of the output.
+            prediction: ``(N, out, h, w)`` predictions of the window batch.
+            grid: the in-plane window grid (regions and count-normalised weights).
+            places: ``(batch item, slice, window)`` of each of the N rows of ``prediction``.
+        """
         prediction = prediction.to(grid.weights.device)
         if target.device != prediction.device:
-            window_ids = torch.tensor([w for _, _, w in places], device=prediction.device)
+            window_ids = torch.tensor([window for _, _, window in places], device=prediction.device)
             weighted = (prediction * grid.weights[window_ids]).to(target.device)
-            for row, (b, s, w) in enumerate(places):
-                window_rows, window_cols = grid.target[w]
-                target[(b, slice(None), s, *grid.source[w])] += weighted[row, :, window_rows, window_cols]
+            for row, (batch_index, slice_index, window) in enumerate(places):
+                window_rows, window_cols = grid.target[window]
+                region = (batch_index, slice(None), slice_index, *grid.source[window])
+                target[region] += weighted[row, :, window_rows, window_cols]
             return
-        for row, (b, s, w) in enumerate(places):
-            window_rows, window_cols = grid.target[w]
-            window = prediction[row, :, window_rows, window_cols]
-            target[(b, slice(None), s, *grid.source[w])].addcmul_(window, grid.weights[w, :, window_rows, window_cols])
+        for row, (batch_index, slice_index, window) in enumerate(places):
+            window_rows, window_cols = grid.target[window]
+            region = (batch_index, slice(None), slice_index, *grid.source[window])
+            target[region].addcmul_(
+                prediction[row, :, window_rows, window_cols], grid.weights[window, :, window_rows, window_cols]
+            )
 
     @staticmethod
     def _slice_major(output: torch.Tensor, view: int | None) -> torch.Tensor:
