@@ -1,4 +1,4 @@
-"""Training-step cost of the boundary loss: DiceCE vs DiceBCEBoundaryLoss (precomputed maps) vs DiceCE + MONAI's
+"""Training-step cost of the boundary loss: DiceCE vs DiceCEBoundaryLoss (precomputed maps) vs DiceCE + MONAI's
 BoundaryLoss (distance transform recomputed in every step).
 
 One step = forward + loss + backward of a small MONAI BasicUNet. Variants run interleaved, round by round, and the
@@ -14,13 +14,14 @@ import os
 import platform
 import time
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import torch
 from monai.losses import BoundaryLoss, DiceCELoss
 from monai.networks.nets import BasicUNet
 
-from monai_unet2.losses import DiceBCEBoundaryLoss
+from monai_unet2.losses import DiceCEBoundaryLoss
 from monai_unet2.transforms.distance import SignedDistanceMapd
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "losses.md")
@@ -75,8 +76,8 @@ def run_workload(
 
     variants = {
         "DiceCE (MONAI)": (DiceCELoss(to_onehot_y=True, softmax=True), label),
-        "DiceBCEBoundaryLoss, precomputed maps": (
-            DiceBCEBoundaryLoss(to_onehot_y=True, softmax=True, lambda_boundary=BOUNDARY_WEIGHT),
+        "DiceCEBoundaryLoss, precomputed maps": (
+            DiceCEBoundaryLoss(to_onehot_y=True, softmax=True, lambda_boundary=BOUNDARY_WEIGHT),
             target_with_maps,
         ),
         "DiceCE + monai.losses.BoundaryLoss": (MonaiDiceCEPlusBoundary(), label),
@@ -98,8 +99,8 @@ def run_workload(
         step(loss, target)
     for _ in range(rounds):
         for key, (loss, target) in variants.items():
-            step_times[key].append(time_once(lambda: step(loss, target)))
-            loss_times[key].append(time_once(lambda: loss_only(loss, target, fixed_logits)))
+            step_times[key].append(time_once(partial(step, loss, target)))
+            loss_times[key].append(time_once(partial(loss_only, loss, target, fixed_logits)))
 
     baseline_step = min(step_times["DiceCE (MONAI)"])
     baseline_loss = min(loss_times["DiceCE (MONAI)"])
@@ -117,7 +118,7 @@ def run_workload(
             }
         )
     monai_loss = min(loss_times["DiceCE + monai.losses.BoundaryLoss"])
-    ours_loss = min(loss_times["DiceBCEBoundaryLoss, precomputed maps"])
+    ours_loss = min(loss_times["DiceCEBoundaryLoss, precomputed maps"])
     rows.append(
         {"workload": name, "precompute_ms": 1000 * precompute_per_sample, "speedup_vs_monai": monai_loss / ours_loss}
     )
@@ -145,7 +146,7 @@ def to_markdown(rows: list[dict], header: str) -> str:
             f"| {row['workload']} | {row['loss']} | {row['step_ms']:.1f} | {row['step_ratio']:.2f}x "
             f"| {row['loss_ms']:.1f} | {row['loss_ratio']:.2f}x |"
         )
-    return "\n".join(lines + [""] + notes) + "\n"
+    return "\n".join([*lines, "", *notes]) + "\n"
 
 
 def main() -> None:

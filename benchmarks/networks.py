@@ -34,7 +34,7 @@ NETWORKS: list[tuple[str, Callable[[], nn.Module], list[tuple[int, int, int]], t
         lambda: UNet(2, 3, 2, 64, bilinear=True),
         [(3, 256, 256), (3, 512, 512)],
         ((3, 512, 512), 319.9),
-    ),  # fmt: skip
+    ),
     ("U2Net full, 3→1", lambda: U2Net(2, 3, 1, "full"), [(3, 320, 320)], ((3, 320, 320), 117.2)),
     ("U2Net small, 3→1", lambda: U2Net(2, 3, 1, "small"), [(3, 320, 320)], ((3, 320, 320), 39.5)),
     (
@@ -42,7 +42,7 @@ NETWORKS: list[tuple[str, Callable[[], nn.Module], list[tuple[int, int, int]], t
         lambda: MonaiUNet(2, 1, 2, (64, 128, 256, 512, 1024), (2, 2, 2, 2), num_res_units=2),
         [(1, 256, 256), (1, 512, 512)],
         ((1, 512, 512), 95.8),
-    ),  # fmt: skip
+    ),
 ]
 
 
@@ -112,9 +112,9 @@ def peak_training_rss(checkpointing: bool, size: int, batch: int) -> int:
     It includes what checkpointing cannot save (weight gradients, convolution workspaces, allocator slack), so its
     ratio is closer to 1 than the ratio of kept activations."""
     code = (
-        "import torch, sys; torch.set_num_threads(%d); sys.path.insert(0, %r); from networks import _child_peak; "
-        "print(_child_peak(%r, %d, %d))"
-        % (torch.get_num_threads(), str(Path(__file__).parent), checkpointing, size, batch)
+        f"import torch, sys; torch.set_num_threads({torch.get_num_threads()}); "
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r}); from networks import _child_peak; "
+        f"print(_child_peak({checkpointing!r}, {size}, {batch}))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return int(result.stdout.strip().splitlines()[-1])

@@ -1,5 +1,5 @@
-"""Tests of monai_unet2.networks: exact parameter parity, shapes (2D / 3D / odd), output forms, checkpointing, export,
-and a short overfit on a real hippocampus MR slice."""
+"""Tests of monai_unet2.networks: exact parameter parity, the shipped weights, layer options and depth, shapes
+(2D / 3D / odd), output forms, checkpointing, export, and a short overfit on a real hippocampus MR slice."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from monai_unet2.networks import U2Net, UNet
 from monai_unet2.networks.u2net_parts import CeilMaxPool
 from monai_unet2.networks.unet_parts import DoubleConv, pad_to_match
 
-SAMPLE_DATA = Path(__file__).resolve().parents[1] / "bundles" / "hippocampus_unet25d_segmentation" / "sample_data"
+HIPPOCAMPUS_BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "hippocampus_unet25d_segmentation"
+SAMPLE_DATA = HIPPOCAMPUS_BUNDLE / "sample_data"
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -40,6 +41,57 @@ def count_parameters(net: nn.Module) -> int:
 )
 def test_parameter_counts_match_reference(net, expected):
     assert count_parameters(net()) == expected
+
+
+def test_shipped_hippocampus_weights_load_strictly_and_give_the_same_logits():
+    """models/model.pt of the hippocampus bundle on a committed case (2.5D stacks, k = 2): the numbers are those of
+    the four-level UNet before act / norm / dropout / depth became arguments."""
+    net = UNet(spatial_dims=2, in_channels=5, out_channels=3, features=32).eval()
+    net.load_state_dict(torch.load(HIPPOCAMPUS_BUNDLE / "models" / "model.pt", weights_only=True), strict=True)
+    image = np.asarray(nib.load(SAMPLE_DATA / "imagesTr" / "hippocampus_004.nii.gz").dataobj, dtype=np.float32)
+    image = (image - image.mean()) / image.std()
+    stacks = np.stack([image[..., k - 2 : k + 3].transpose(2, 0, 1) for k in range(2, image.shape[-1] - 2)])
+    with torch.no_grad():
+        logits = net(torch.from_numpy(stacks))
+    assert logits.shape == (34, 3, 36, 52)
+    assert float(logits.abs().sum()) == pytest.approx(899917.0625, rel=1e-5)
+    torch.testing.assert_close(logits[17, :, 18, 26], torch.tensor([4.786893, -4.687325, -5.103058]))
+    counts = torch.bincount(logits.argmax(dim=1).flatten(), minlength=3).tolist()
+    assert all(abs(count - expected) <= 2 for count, expected in zip(counts, [60465, 1785, 1398])), counts
+
+
+def test_act_norm_dropout_options_keep_parameter_names():
+    default = UNet(spatial_dims=2, in_channels=2, out_channels=3, features=8).eval()
+    dropout = UNet(spatial_dims=2, in_channels=2, out_channels=3, features=8, dropout=0.3).eval()
+    dropout.load_state_dict(default.state_dict(), strict=True)  # dropout adds no parameter and renames none
+    x = torch.randn(2, 2, 40, 36)
+    with torch.no_grad():
+        assert torch.equal(dropout(x), default(x))  # inactive in evaluation
+        dropout.train()
+        assert not torch.equal(dropout(x), default.train()(x))
+    assert isinstance(dropout.inc[6], nn.Dropout) and dropout.inc[6].p == 0.3
+    group = UNet(2, 2, 3, features=8, act=("leakyrelu", {"negative_slope": 0.1}), norm=("group", {"num_groups": 4}))
+    assert isinstance(group.down2[1][1], nn.GroupNorm) and isinstance(group.up1.conv[2], nn.LeakyReLU)
+    batch_parameters = {name for name, _ in default.named_parameters()}
+    assert {name for name, _ in group.named_parameters()} == batch_parameters
+    plain = UNet(3, 1, 2, features=4, norm=None)
+    assert isinstance(plain.inc[1], nn.Identity) and plain.inc[0].bias is not None and default.inc[0].bias is None
+    assert plain(torch.randn(1, 1, 16, 16, 16)).shape == (1, 2, 16, 16, 16)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 5])
+@pytest.mark.parametrize("bilinear", [False, True])
+def test_depth_sets_the_number_of_levels(depth, bilinear):
+    net = UNet(spatial_dims=2, in_channels=1, out_channels=2, features=4, bilinear=bilinear, depth=depth).eval()
+    assert [name for name, _ in net.named_children()] == ["inc"] + [f"down{i}" for i in range(1, depth + 1)] + [
+        f"up{i}" for i in range(1, depth + 1)
+    ] + ["outc"]
+    bottom = net.downs[-1][1][3].out_channels
+    assert bottom == 4 * 2**depth // (2 if bilinear else 1)
+    with torch.no_grad():
+        assert net(torch.randn(2, 1, 37, 70)).shape == (2, 2, 37, 70)
+    if depth == 4:
+        assert count_parameters(net) == count_parameters(UNet(2, 1, 2, features=4, bilinear=bilinear))
 
 
 def test_double_conv_second_conv_takes_mid_channels():
@@ -124,6 +176,8 @@ def test_u2net_output_forms():
 def test_invalid_arguments_raise_clear_errors():
     with pytest.raises(ValueError, match="spatial_dims must be 2 or 3"):
         UNet(spatial_dims=1)
+    with pytest.raises(ValueError, match="depth must be positive"):
+        UNet(depth=0)
     with pytest.raises(ValueError, match="variant must be one of"):
         U2Net(variant="tiny")
     with pytest.raises(ValueError, match=r"expected a 4D input .* got shape \(1, 1, 8, 8, 8\)"):
@@ -150,10 +204,10 @@ def saved_activation_bytes(net: nn.Module, x: torch.Tensor) -> int:
     return sum(saved.values())
 
 
-@pytest.mark.parametrize("bilinear", [False, True])
-def test_checkpointing_same_gradients_and_statistics_less_memory(bilinear):
+@pytest.mark.parametrize("bilinear, depth", [(False, 4), (True, 4), (False, 3)])
+def test_checkpointing_same_gradients_and_statistics_less_memory(bilinear, depth):
     torch.manual_seed(0)
-    plain = UNet(spatial_dims=2, in_channels=1, out_channels=2, features=8, bilinear=bilinear).train()
+    plain = UNet(spatial_dims=2, in_channels=1, out_channels=2, features=8, bilinear=bilinear, depth=depth).train()
     checkpointed = copy.deepcopy(plain)
     checkpointed.checkpointing = True
     x = torch.randn(2, 1, 67, 80)

@@ -120,5 +120,5 @@ class U2Net(nn.Module):
         sides = [upsample_like(conv(feature), x) for conv, feature in zip(self.sides, reversed(stage_maps))]
         fused = self.fuse(torch.cat(sides, dim=1))
         if self.training and self.deep_supervision:
-            return [fused] + sides
+            return [fused, *sides]
         return fused
