@@ -15,8 +15,8 @@ from monai.data.utils import orientation_ras_lps
 from monai.transforms import LoadImage, LoadImaged, SpatialResample
 from pydicom.uid import generate_uid
 
-from monai_unet2.transforms.dicom_reader import DicomSeriesError, DicomSeriesReader
-from monai_unet2.transforms.dicom_seg import DicomSegError, LoadDicomSegd, seg_to_grid
+from monai_unet2.data import DicomSegError, DicomSeriesError, DicomSeriesReader, seg_to_grid
+from monai_unet2.transforms import LoadDicomSegd
 
 DATA = Path(__file__).resolve().parent / "data" / "dicom"
 CT20 = DATA / "totalseg_ct20" / "ct"
@@ -84,9 +84,7 @@ def test_totalseg_matches_simpleitk_geometry_and_values(ct20):
 
 
 def test_reader_resolves_from_dotted_path_in_loadimaged():
-    out = LoadImaged("image", reader="monai_unet2.transforms.dicom_reader.DicomSeriesReader", image_only=True)(
-        {"image": str(CT3)}
-    )
+    out = LoadImaged("image", reader="monai_unet2.data.DicomSeriesReader", image_only=True)({"image": str(CT3)})
     assert out["image"].shape == (512, 512, 3)
     np.testing.assert_allclose(out["image"].affine.numpy(), _sitk_ras_affine(_sitk_series(CT3)), atol=1e-4)
 
@@ -307,7 +305,7 @@ def test_inconsistent_spacing_refused_unless_tolerated(tmp_path):
     def shift(i, ds):
         if i == 10:
             position = [float(v) for v in ds.ImagePositionPatient]
-            ds.ImagePositionPatient = position[:2] + [position[2] + 0.5]
+            ds.ImagePositionPatient = [*position[:2], position[2] + 0.5]
 
     _write_series(tmp_path, shift)
     with pytest.raises(
