@@ -151,7 +151,7 @@ def inference_datalist(dataset_dir: str | os.PathLike) -> list[dict]:
         if entry.name.startswith("."):
             continue
         is_nifti = entry.is_file() and entry.name.endswith(NIFTI_SUFFIXES)
-        if is_nifti or (entry.is_dir() and next(dicom_files(entry), None) is not None):
+        if is_nifti or (entry.is_dir() and next(dicom_files(entry, log_ignored=False), None) is not None):
             inputs.append(str(entry.resolve()))
     if not inputs:
         raise DatalistError(f"{root}: no NIfTI files (*.nii, *.nii.gz) or DICOM series folders to segment")

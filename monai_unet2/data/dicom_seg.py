@@ -216,7 +216,7 @@ def read_source_slices(source: str | os.PathLike, series_uid: str | None = None)
     if not os.path.isdir(folder):
         raise DicomSegError(f"DICOM source folder {folder} does not exist")
     slices = []
-    for path in dicom_files(folder):
+    for path in dicom_files(folder, log_ignored=False):
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except Exception:  # unreadable: the reader already decided about such files

@@ -31,22 +31,24 @@ class OutputWriteError(OSError):
     """An output file could not be written; the message names the path and why (not writable, disk full...)."""
 
 
-def dicom_files(folder: str | os.PathLike) -> Iterator[str]:
+def dicom_files(folder: str | os.PathLike, log_ignored: bool = True) -> Iterator[str]:
     """The DICOM files of ``folder``, sorted by name: regular files with a ``.dcm`` suffix or the DICOM preamble.
 
-    Hidden files (``.*``, including macOS ``._*`` forks) and ``DICOMDIR`` are left out; other files without the
-    preamble are left out with a log line. Sub-folders are not entered. A generator, so that a caller that only
-    asks whether a folder holds DICOM (``next``/``any``) stops at the first one.
+    Hidden files (``.*``, including macOS ``._*`` forks) and ``DICOMDIR`` are left out; so are other files without
+    the preamble, with an INFO log line. Sub-folders are not entered. A generator, so that a caller that only asks
+    whether a folder holds DICOM (``next``/``any``) stops at the first one.
 
     Args:
         folder: the folder to scan; it must exist (``os.scandir`` raises otherwise).
+        log_ignored: log the files left out for lacking the preamble; callers that scan a folder before the reader
+            does (the memory guard, datalists) pass ``False`` so that each is named once.
     """
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
         if not entry.is_file() or entry.name.startswith(".") or entry.name.upper() == "DICOMDIR":
             continue
         if entry.name.lower().endswith(".dcm") or is_dicom(entry.path):
             yield entry.path
-        else:
+        elif log_ignored:
             logger.info("DICOM folder %s: ignoring %s (not a DICOM file)", os.fspath(folder), entry.name)
 
 

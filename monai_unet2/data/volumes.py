@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pydicom
 from monai.utils import ensure_tuple
 
 from monai_unet2.data.files import dicom_files
@@ -119,11 +120,9 @@ def available_memory() -> int | None:
 
 
 def _dicom_voxels(paths: Sequence[Path]) -> int | None:
-    import pydicom
-
     files: list[str | Path] = []
     for path in paths:
-        files += list(dicom_files(path)) if path.is_dir() else [path]
+        files += list(dicom_files(path, log_ignored=False)) if path.is_dir() else [path]
     for file in files:
         try:
             header = pydicom.dcmread(file, stop_before_pixels=True, specific_tags=["Rows", "Columns", "NumberOfFrames"])
