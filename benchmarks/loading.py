@@ -24,7 +24,7 @@ import SimpleITK as sitk
 from monai.transforms import LoadImage
 from pydicom.uid import generate_uid
 
-from monai_unet2.transforms.dicom_reader import DicomSeriesReader
+from monai_unet2.data import DicomSeriesReader
 
 ROOT = Path(__file__).resolve().parents[1]
 CT20 = ROOT / "tests" / "data" / "dicom" / "totalseg_ct20" / "ct"

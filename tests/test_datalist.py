@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from monai_unet2.io import DatalistError, inference_datalist, msd_datalist
+from monai_unet2.data import DatalistError, inference_datalist, msd_datalist
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "bundles" / "hippocampus_unet25d_segmentation" / "sample_data"
@@ -18,7 +18,10 @@ def test_sample_split_is_disjoint_and_reproducible():
     validation = msd_datalist(SAMPLE, split="validation")
     assert len(everything) == 12
     assert [len(training), len(validation)] == [9, 3]
-    names = lambda cases: [os.path.basename(c["image"]) for c in cases]
+
+    def names(cases):
+        return [os.path.basename(c["image"]) for c in cases]
+
     assert names(validation) == ["hippocampus_004.nii.gz", "hippocampus_171.nii.gz", "hippocampus_310.nii.gz"]
     assert not set(names(training)) & set(names(validation))
     for case in everything:
@@ -43,7 +46,7 @@ def test_dataset_json_is_used_and_missing_labels_are_named(tmp_path):
     assert len(msd_datalist(tmp_path / "data")) == 1
     os.remove(tmp_path / "data" / "labelsTr" / "hippocampus_004.nii.gz")
     with pytest.raises(
-        DatalistError, match="hippocampus_004.nii.gz: label file listed for case hippocampus_004 is missing"
+        DatalistError, match=r"hippocampus_004\.nii\.gz: label file listed for case hippocampus_004 is missing"
     ):
         msd_datalist(tmp_path / "data")
 

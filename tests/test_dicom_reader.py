@@ -15,8 +15,18 @@ from monai.data.utils import orientation_ras_lps
 from monai.transforms import LoadImage, LoadImaged, SpatialResample
 from pydicom.uid import generate_uid
 
-from monai_unet2.transforms.dicom_reader import DicomSeriesError, DicomSeriesReader
-from monai_unet2.transforms.dicom_seg import DicomSegError, LoadDicomSegd, seg_to_grid
+from monai_unet2.data import (
+    DicomSegError,
+    DicomSeriesError,
+    DicomSeriesReader,
+    dicom_files,
+    header_voxel_count,
+    inference_datalist,
+    seg_to_grid,
+)
+from monai_unet2.data.dicom_geometry import place_frame, world_to_voxel
+from monai_unet2.data.dicom_seg import read_source_slices
+from monai_unet2.transforms import LoadDicomSegd
 
 DATA = Path(__file__).resolve().parent / "data" / "dicom"
 CT20 = DATA / "totalseg_ct20" / "ct"
@@ -84,9 +94,7 @@ def test_totalseg_matches_simpleitk_geometry_and_values(ct20):
 
 
 def test_reader_resolves_from_dotted_path_in_loadimaged():
-    out = LoadImaged("image", reader="monai_unet2.transforms.dicom_reader.DicomSeriesReader", image_only=True)(
-        {"image": str(CT3)}
-    )
+    out = LoadImaged("image", reader="monai_unet2.data.DicomSeriesReader", image_only=True)({"image": str(CT3)})
     assert out["image"].shape == (512, 512, 3)
     np.testing.assert_allclose(out["image"].affine.numpy(), _sitk_ras_affine(_sitk_series(CT3)), atol=1e-4)
 
@@ -131,6 +139,51 @@ def test_oblique_series_matches_simpleitk(tmp_path):
         np.block([[rotation, np.zeros((3, 1))], [np.zeros((1, 3)), 1]]) @ orientation_ras_lps(original.affine.numpy())
     )
     np.testing.assert_allclose(ours.affine.numpy(), expected, atol=1e-4)
+
+
+def test_every_slice_lies_on_the_grid_the_reader_built(ct20):
+    """The frame geometry shared by SEG reading and writing, applied to the series' own slices against the affine
+    the reader built: slice k starts at voxel (0, 0, k) and steps one voxel along x per column, along y per row."""
+    to_voxel = world_to_voxel(ct20.affine.numpy())
+    uids = ct20.meta["sop_instance_uids"].split("\\")
+    headers = {str(ds.SOPInstanceUID): ds for ds in read_source_slices(CT20)}  # the SEG writer's view of them
+    assert len(headers) == len(uids) == 20
+    for k, uid in enumerate(uids):
+        ds = headers[uid]
+        placement = place_frame(to_voxel, ds.ImagePositionPatient, ds.ImageOrientationPatient, ds.PixelSpacing)
+        assert placement.on_grid(int(ds.Rows), int(ds.Columns), tolerance=1e-3)
+        np.testing.assert_allclose(placement.origin, [0, 0, k], atol=1e-4)
+        np.testing.assert_allclose(placement.column_step, [1, 0, 0], atol=1e-6)
+        np.testing.assert_allclose(placement.row_step, [0, 1, 0], atol=1e-6)
+        corners = placement.voxels(np.array([0, 511]), np.array([0, 511]))
+        assert corners.T.tolist() == [[0, 0, k], [511, 511, k]]
+    shifted = place_frame(
+        to_voxel,
+        np.asarray(headers[uids[0]].ImagePositionPatient, float) + np.array([0.3, 0, 0]),
+        headers[uids[0]].ImageOrientationPatient,
+        headers[uids[0]].PixelSpacing,
+    )
+    assert not shifted.on_grid(512, 512, tolerance=0.1)  # 0.3 mm = 0.31 voxel off
+
+
+def test_one_folder_scanner_for_reader_memory_guard_and_datalist(tmp_path):
+    series = tmp_path / "series"
+    _write_series(series, files=sorted(CT3.glob("*.dcm")))
+    shutil.copy(sorted(CT3.glob("*.dcm"))[0], series / "no_suffix")  # DICOM preamble, no .dcm suffix
+    shutil.copy(sorted(CT3.glob("*.dcm"))[1], series / ".hidden.dcm")
+    shutil.copy(sorted(CT3.glob("*.dcm"))[2], series / "DICOMDIR")
+    (series / "notes.txt").write_text("not an image")
+    (series / "sub").mkdir()
+    found = [Path(path).name for path in dicom_files(series)]
+    assert found == [*sorted(p.name for p in CT3.glob("*.dcm")), "no_suffix"]
+    assert header_voxel_count(series) == 512 * 512 * 4
+    with pytest.raises(DicomSeriesError, match="1 duplicated slice position"):
+        _load(series)  # no_suffix is read as a slice too: a copy of the first one
+    (series / "no_suffix").unlink()
+    assert header_voxel_count(series) == 512 * 512 * 3 and _load(series).shape == (1, 512, 512, 3)
+    (tmp_path / "text_only").mkdir()
+    (tmp_path / "text_only" / "notes.txt").write_text("not an image")
+    assert [Path(e["image"]).name for e in inference_datalist(tmp_path)] == ["series"]
 
 
 # ---- DICOM SEG ------------------------------------------------------------------------------------------------------
@@ -307,7 +360,7 @@ def test_inconsistent_spacing_refused_unless_tolerated(tmp_path):
     def shift(i, ds):
         if i == 10:
             position = [float(v) for v in ds.ImagePositionPatient]
-            ds.ImagePositionPatient = position[:2] + [position[2] + 0.5]
+            ds.ImagePositionPatient = [*position[:2], position[2] + 0.5]
 
     _write_series(tmp_path, shift)
     with pytest.raises(

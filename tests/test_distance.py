@@ -12,7 +12,7 @@ from monai.data import CacheDataset
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binary_structure
 
-from monai_unet2.transforms.distance import SignedDistanceMapd, signed_distance_map
+from monai_unet2.transforms import SignedDistanceMapd, signed_distance_map
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(REPO, "bundles", "hippocampus_unet25d_segmentation", "sample_data")

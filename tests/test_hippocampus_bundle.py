@@ -140,7 +140,7 @@ def test_evaluate_writes_per_case_dice_and_hd95(tmp_path):
 def test_dicom_series_input_gets_nifti_and_dicom_seg_on_the_ct_grid(tmp_path):
     from monai.transforms import LoadImage
 
-    from monai_unet2.transforms import DicomSeriesReader, seg_to_grid
+    from monai_unet2.data import DicomSeriesReader, seg_to_grid
 
     shutil.copytree(DCMQI_CT, tmp_path / "inputs" / "ct_series")
     bundle(

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from monai_unet2.io.datalist import DatalistError
-from monai_unet2.io.image_folders import image_folder_datalist, paired_datalist
+from monai_unet2.data import DatalistError, image_folder_datalist, paired_datalist
 
 DRIVE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "drive" / "training"
 
@@ -58,7 +57,7 @@ def test_missing_partner_is_named(folders):
 
 def test_bad_names_duplicates_and_missing_folders(folders, tmp_path):
     _write(folders / "images" / "scan_without_id.png")
-    with pytest.raises(DatalistError, match="scan_without_id.png: file name does not match"):
+    with pytest.raises(DatalistError, match=r"scan_without_id\.png: file name does not match"):
         paired_datalist(folders / "images", folders / "labels")
     (folders / "images" / "scan_without_id.png").unlink()
     _write(folders / "labels" / "07_manual_v2.png")
@@ -76,7 +75,7 @@ def test_image_folder_datalist_lists_images_or_takes_one_file(folders):
     assert [Path(c["image"]).name for c in listed] == [f"{n:02d}_scan.png" for n in (1, 2, 3, 7, 12)]
     single = image_folder_datalist(folders / "images" / "07_scan.png")
     assert single == [{"image": str((folders / "images" / "07_scan.png").resolve())}]
-    with pytest.raises(DatalistError, match="notes.txt: not a 2D image"):
+    with pytest.raises(DatalistError, match=r"notes\.txt: not a 2D image"):
         image_folder_datalist(folders / "images" / "notes.txt")
 
 

@@ -2,6 +2,7 @@
 problem (or the documented tolerance), through SafeLoadImaged + EnsureChannelFirstd + CheckVolumed."""
 
 import gzip
+import json
 import logging
 import os
 import shutil
@@ -15,8 +16,9 @@ import pytest
 import torch
 from monai.transforms import EnsureChannelFirstd, LoadImaged
 
-from monai_unet2.transforms.checks import CheckVolumed, SafeLoadImaged, VolumeFileError, grid_distance_mm
-from monai_unet2.transforms.dicom_reader import DicomSeriesReader
+from monai_unet2.data import DicomSeriesReader, VolumeFileError
+from monai_unet2.transforms import CheckVolumed, SafeLoadImaged
+from monai_unet2.transforms.checks import grid_distance_mm
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "hippocampus_unet25d_segmentation"
@@ -77,7 +79,7 @@ def test_truncated_nii_gz_names_the_file(pair, tmp_path):
     assert message.startswith(f"{image}: cannot read image (truncated or corrupt gzip data: EOFError")
     # The bundle's inference reader setup (DicomSeriesReader registered first) gives the same message.
     with pytest.raises(VolumeFileError, match="truncated or corrupt gzip data"):
-        SafeLoadImaged("image", reader="monai_unet2.transforms.DicomSeriesReader")({"image": str(image)})
+        SafeLoadImaged("image", reader="monai_unet2.data.DicomSeriesReader")({"image": str(image)})
 
 
 def test_truncated_uncompressed_nii_and_missing_file(pair, tmp_path):
@@ -217,6 +219,7 @@ def test_bad_arguments_are_refused():
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_bundle_inference_with_the_checks_names_the_truncated_file(tmp_path):
     """The inference.json change proposed for the bundle, applied as command-line overrides."""
     inputs, outputs = tmp_path / "inputs", tmp_path / "outputs"
@@ -238,7 +241,7 @@ def test_bundle_inference_with_the_checks_names_the_truncated_file(tmp_path):
         "--output_dir",
         str(outputs),
         "--preprocessing#transforms#0#_target_",
-        "monai_unet2.transforms.checks.SafeLoadImaged",
+        "monai_unet2.transforms.io.SafeLoadImaged",
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     result = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -265,13 +268,10 @@ def sparse_nifti(path: Path, shape: tuple[int, ...], dtype=np.int16, compress: b
 
 
 def test_volume_far_larger_than_memory_is_refused_from_its_header(tmp_path):
-    import resource
-
-    from monai_unet2.transforms import available_memory, header_voxel_count, memory_refusal
+    from monai_unet2.data import available_memory, header_voxel_count, memory_refusal
 
     available = available_memory()
     assert available is not None and available > 2**28
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     for path in (
         sparse_nifti(tmp_path / "huge.nii", (3000, 3000, 3000)),
         sparse_nifti(tmp_path / "huge.nii.gz", (3000, 3000, 3000), compress=True),
@@ -282,7 +282,6 @@ def test_volume_far_larger_than_memory_is_refused_from_its_header(tmp_path):
         message = str(caught.value)
         assert message.startswith(f"{path}: volume too large to process in one piece: 27,000,000,000 voxels")
         assert "603.5 GiB" in message and "refused before reading" in message
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200 * 1024  # kB: nothing was read
     # the limit follows the available memory: half of the allowed size passes, twice of it is refused
     allowed_voxels = available * 0.8 / 24
     for factor, refused in ((0.5, False), (2.0, True)):
@@ -292,8 +291,47 @@ def test_volume_far_larger_than_memory_is_refused_from_its_header(tmp_path):
         assert memory_refusal(path, max_memory_fraction=None) is None
 
 
+PEAK_MEMORY_OF_REFUSALS = """
+import json, resource, sys
+from monai_unet2.transforms import SafeLoadImaged
+load = SafeLoadImaged("image", image_only=True)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+messages = []
+for path in sys.argv[1:]:
+    try:
+        load({"image": path})
+        messages.append(None)
+    except Exception as error:
+        messages.append(str(error))
+growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+print(json.dumps({"peak_growth_kib": growth, "messages": messages}))
+"""
+
+
+@pytest.mark.integration
+def test_refusing_a_huge_volume_reads_none_of_it(tmp_path):
+    """The peak memory (``ru_maxrss``) of a fresh process barely grows while it refuses two 54 GB volumes: measured
+    in a subprocess, since in the shared pytest process an earlier test's peak would hide any growth."""
+    paths = [
+        sparse_nifti(tmp_path / "huge.nii", (3000, 3000, 3000)),
+        sparse_nifti(tmp_path / "huge.nii.gz", (3000, 3000, 3000), compress=True),
+    ]
+    result = subprocess.run(
+        [sys.executable, "-c", PEAK_MEMORY_OF_REFUSALS, *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    for path, message in zip(paths, report["messages"]):
+        assert message is not None and message.startswith(f"{path}: volume too large to process in one piece")
+    assert 0 <= report["peak_growth_kib"] < 200 * 1024  # kB: nothing was read
+
+
 def test_dicom_series_size_is_judged_from_its_headers():
-    from monai_unet2.transforms import header_voxel_count
+    from monai_unet2.data import header_voxel_count
 
     slices = sorted(DCMQI_CT.iterdir())
     assert header_voxel_count(DCMQI_CT) == 512 * 512 * len(slices)
@@ -307,6 +345,7 @@ def test_dicom_series_size_is_judged_from_its_headers():
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_bundle_inference_refuses_a_huge_volume_and_keeps_finished_outputs(tmp_path):
     inputs, outputs = tmp_path / "inputs", tmp_path / "outputs"
     inputs.mkdir()

@@ -232,7 +232,7 @@ def pacs(tmp_path_factory):
 
 
 def _dicom_series(folder: Path) -> tuple[np.ndarray, dict]:
-    from monai_unet2.transforms import DicomSeriesReader
+    from monai_unet2.data import DicomSeriesReader
 
     reader = DicomSeriesReader()
     return reader.get_data(reader.read(folder))

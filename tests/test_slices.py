@@ -11,7 +11,7 @@ import torch
 from monai.data import DataLoader, Dataset, MetaTensor
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, ResizeWithPadOrCropd
 
-from monai_unet2.transforms.slices import RandSliceWithContextd, SliceWithContextd, stack_slice_context
+from monai_unet2.transforms import RandSliceWithContextd, SliceWithContextd, stack_slice_context
 
 SAMPLE = Path(__file__).resolve().parents[1] / "bundles" / "hippocampus_unet25d_segmentation" / "sample_data"
 CASES = sorted((SAMPLE / "imagesTr").glob("*.nii.gz"))
@@ -28,21 +28,21 @@ def _loaded(i: int = 0) -> dict:
     return loader({"image": str(CASES[i]), "label": str(SAMPLE / "labelsTr" / CASES[i].name)})
 
 
-@pytest.mark.parametrize("spatial_dim", [0, 1, 2])
+@pytest.mark.parametrize("slice_axis", [0, 1, 2])
 @pytest.mark.parametrize("context_slices", [0, 1, 2])
-def test_stack_matches_explicit_indexing(spatial_dim, context_slices):
+def test_stack_matches_explicit_indexing(slice_axis, context_slices):
     case = _case(0)
     volume = np.concatenate([case["image"], case["label"].astype(np.float32)])  # 2 channels: MR and its label
-    depth = volume.shape[spatial_dim + 1]
+    depth = volume.shape[slice_axis + 1]
     for index in (0, 1, depth // 2, depth - 1):
-        out = stack_slice_context(volume, index, spatial_dim, context_slices)
+        out = stack_slice_context(volume, index, slice_axis, context_slices)
         assert out.shape[0] == 2 * (2 * context_slices + 1)
         for c in range(2):
             for offset in range(-context_slices, context_slices + 1):
                 source = min(max(index + offset, 0), depth - 1)
-                expected = np.take(volume[c], source, axis=spatial_dim)
+                expected = np.take(volume[c], source, axis=slice_axis)
                 np.testing.assert_array_equal(out[c * (2 * context_slices + 1) + offset + context_slices], expected)
-        torch_out = stack_slice_context(torch.from_numpy(volume), index, spatial_dim, context_slices)
+        torch_out = stack_slice_context(torch.from_numpy(volume), index, slice_axis, context_slices)
         np.testing.assert_array_equal(torch_out.numpy(), out)
 
 
@@ -61,7 +61,7 @@ def test_edge_slices_replicate():
 def test_shapes_label_centre_only_and_metadata():
     data = _loaded(0)
     volume_shape = data["image"].shape
-    sampler = RandSliceWithContextd(["image", "label"], context_slices=2, num_samples=5, spatial_dim=1)
+    sampler = RandSliceWithContextd(["image", "label"], context_slices=2, num_samples=5, slice_axis=1)
     sampler.set_random_state(3)
     samples = sampler(data)
     assert len(samples) == 5

@@ -17,16 +17,18 @@ from monai.data import MetaTensor
 from monai.transforms import Compose, EnsureChannelFirstd, Invertd, LoadImaged, Orientationd, SaveImaged, Spacingd
 from PIL import Image
 
-from monai_unet2.io.dicom_seg_writer import DicomSegWriteError, build_dicom_seg, segment_names
-from monai_unet2.io.writers import (
+from monai_unet2.data import (
+    DicomSegError,
+    DicomSeriesReader,
     OutputWriteError,
-    SaveSegmentationd,
+    build_dicom_seg,
     output_paths,
     pending_inputs,
+    seg_to_grid,
     write_atomically,
 )
-from monai_unet2.transforms.dicom_reader import DicomSeriesReader
-from monai_unet2.transforms.dicom_seg import LoadDicomSegd, seg_to_grid
+from monai_unet2.data.dicom_seg import segment_names
+from monai_unet2.transforms import LoadDicomSegd, SaveSegmentationd
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "bundles" / "hippocampus_unet25d_segmentation" / "sample_data"
@@ -340,9 +342,9 @@ def test_dicom_seg_refuses_a_grid_that_is_not_the_series(tmp_path):
     data, labels = _ct_with_prediction(DICOM / "dcmqi_ct3slice" / "ct")
     shifted = data["image"].affine.numpy().copy()
     shifted[:3, 3] += 0.5 * shifted[:3, 0]  # half a voxel along the columns
-    with pytest.raises(DicomSegWriteError, match="none of its 3 slices lies on the prediction's grid"):
+    with pytest.raises(DicomSegError, match="none of its 3 slices lies on the prediction's grid"):
         build_dicom_seg(labels, shifted, DICOM / "dcmqi_ct3slice" / "ct")
-    with pytest.raises(DicomSegWriteError, match="foreground voxels lie on no source slice"):
+    with pytest.raises(DicomSegError, match="foreground voxels lie on no source slice"):
         build_dicom_seg(np.concatenate([labels, labels], axis=2), data["image"].affine, DICOM / "dcmqi_ct3slice" / "ct")
     empty = build_dicom_seg(np.zeros_like(labels), data["image"].affine, DICOM / "dcmqi_ct3slice" / "ct")
     assert empty.SegmentSequence[0].SegmentLabel == "label_1"

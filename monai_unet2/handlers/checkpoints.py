@@ -29,8 +29,8 @@ import torch
 from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.utils import IgniteInfo, min_version, optional_import
 
+from ..data.files import write_atomically
 from ..distributed import is_rank0
-from ..io.writers import write_atomically
 
 if TYPE_CHECKING:
     from ignite.engine import Engine, Events

@@ -1,22 +1,20 @@
-"""monai_unet2.transforms: DICOM series / SEG loading, 2.5D slice sampling and signed distance maps."""
+"""monai_unet2.transforms: dictionary (and array) transforms: safe loading and checks, DICOM SEG loading, 2.5D slice
+sampling, signed distance maps and saving. The readers and writers behind them are in :mod:`monai_unet2.data`."""
 
-from .checks import (
-    CheckVolumeD,
-    CheckVolumed,
-    CheckVolumeDict,
+from .checks import CheckVolumeD, CheckVolumed, CheckVolumeDict, grid_distance_mm
+from .distance import SignedDistanceMapd, signed_distance_map
+from .io import (
+    LoadDicomSegD,
+    LoadDicomSegd,
+    LoadDicomSegDict,
     SafeLoadImage,
     SafeLoadImageD,
     SafeLoadImaged,
     SafeLoadImageDict,
-    VolumeFileError,
-    describe_read_error,
-    grid_distance_mm,
+    SaveSegmentationD,
+    SaveSegmentationd,
+    SaveSegmentationDict,
 )
-from .dicom_checks import DicomSeriesError
-from .dicom_reader import DicomSeries, DicomSeriesReader, decoder_available
-from .dicom_seg import DicomSegError, LoadDicomSegD, LoadDicomSegd, LoadDicomSegDict, seg_to_grid
-from .distance import SignedDistanceMapd, signed_distance_map
-from .memory import available_memory, header_voxel_count, memory_refusal
 from .slices import (
     RandSliceWithContextD,
     RandSliceWithContextd,
@@ -27,3 +25,30 @@ from .slices import (
     slice_affine,
     stack_slice_context,
 )
+
+__all__ = [
+    "CheckVolumeD",
+    "CheckVolumeDict",
+    "CheckVolumed",
+    "LoadDicomSegD",
+    "LoadDicomSegDict",
+    "LoadDicomSegd",
+    "RandSliceWithContextD",
+    "RandSliceWithContextDict",
+    "RandSliceWithContextd",
+    "SafeLoadImage",
+    "SafeLoadImageD",
+    "SafeLoadImageDict",
+    "SafeLoadImaged",
+    "SaveSegmentationD",
+    "SaveSegmentationDict",
+    "SaveSegmentationd",
+    "SignedDistanceMapd",
+    "SliceWithContextD",
+    "SliceWithContextDict",
+    "SliceWithContextd",
+    "grid_distance_mm",
+    "signed_distance_map",
+    "slice_affine",
+    "stack_slice_context",
+]

@@ -1,165 +1,34 @@
-"""Input checks for volumes: a clear error naming the file for unreadable files and volumes that would train or
-infer on garbage.
+"""Content checks for loaded volumes: a clear error naming the file for volumes that would train or infer on
+garbage.
 
-Two things go wrong with NIfTI (and other volume) files from the field, and MONAI reports neither in terms of the file:
-
-- reading: a truncated ``.nii.gz`` fails deep inside nibabel/gzip with ``EOFError: Compressed file ended before the
-  end-of-stream marker was reached`` and no file name (``LoadImage`` only wraps failures while *choosing* a reader;
-  nibabel reads the voxels lazily, later, in ``get_data``). :class:`SafeLoadImage` / :class:`SafeLoadImaged` re-raise
-  any read failure as :class:`VolumeFileError` with the path and the likely cause.
-- content: NaN/Inf intensities, a 4D (time series or multi-component) file where a 3D volume is expected, zero-size
-  dimensions, a label on another grid than its image, label values outside the label set. MONAI, nibabel and
-  SimpleITK load such files without complaint and the pipeline carries on (NaN losses, a misaligned label, a crash
-  in one-hot encoding much later). :class:`CheckVolumed` checks them right after ``EnsureChannelFirstd`` and raises
-  :class:`VolumeFileError` naming the file(s) and what is wrong. nnU-Net's dataset-integrity check tests the same
-  things offline; nothing in MONAI does it inside a pipeline.
+NaN/Inf intensities, a 4D (time series or multi-component) file where a 3D volume is expected, zero-size dimensions,
+a label on another grid than its image, label values outside the label set: MONAI, nibabel and SimpleITK load such
+files without complaint and the pipeline carries on (NaN losses, a misaligned label, a crash in one-hot encoding much
+later). :class:`CheckVolumed` checks them right after ``EnsureChannelFirstd`` and raises
+:class:`~monai_unet2.data.VolumeFileError` naming the file(s) and what is wrong. nnU-Net's dataset-integrity check
+tests the same things offline; nothing in MONAI does it inside a pipeline. Files that cannot be read at all are the
+loader's to report (:class:`~monai_unet2.transforms.SafeLoadImaged`).
 """
 
 from __future__ import annotations
 
-import gzip
 import logging
-import os
-import zlib
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.transforms import LoadImage, LoadImaged, MapTransform
-from monai.utils import ensure_tuple, ensure_tuple_rep
+from monai.transforms import MapTransform
+from monai.utils import ensure_tuple_rep
 
-from .dicom_checks import DicomSeriesError
-from .memory import DEFAULT_MAX_MEMORY_FRACTION, DEFAULT_MEMORY_PER_VOXEL, memory_refusal
+from monai_unet2.data.volumes import VolumeFileError
 
-__all__ = [
-    "CheckVolumeD",
-    "CheckVolumeDict",
-    "CheckVolumed",
-    "SafeLoadImage",
-    "SafeLoadImageD",
-    "SafeLoadImageDict",
-    "SafeLoadImaged",
-    "VolumeFileError",
-    "describe_read_error",
-    "grid_distance_mm",
-]
+__all__ = ["CheckVolumeD", "CheckVolumeDict", "CheckVolumed", "grid_distance_mm"]
 
 logger = logging.getLogger(__name__)
 
 NONFINITE_POLICIES = (False, "zero")
-
-
-class VolumeFileError(ValueError):
-    """A volume file that cannot be read or must not be used; the message names the file(s) and the problem."""
-
-
-def _lines(text: str) -> list[str]:
-    return [line.strip() for line in str(text).splitlines() if line.strip()]
-
-
-def describe_read_error(filename: Any, error: BaseException) -> str:
-    """A one-line message for a failed image read: the file, the likely cause and the original error.
-
-    Args:
-        filename: what was passed to the loader (a path or a sequence of paths).
-        error: the exception raised while reading.
-    """
-    names = ensure_tuple(filename)
-    path = str(names[0]) if len(names) == 1 else ", ".join(str(name) for name in names)
-    detail = f"{type(error).__name__}: {' '.join(_lines(str(error))) or 'no message'}"
-    if len(names) == 1 and isinstance(names[0], (str, os.PathLike)) and not os.path.exists(names[0]):
-        return f"{path}: cannot read image (file not found)"
-    if isinstance(error, (EOFError, zlib.error, gzip.BadGzipFile)):
-        cause = "truncated or corrupt gzip data"
-    elif isinstance(error, FileNotFoundError):
-        cause = "file not found"
-    elif isinstance(error, PermissionError):
-        cause = "permission denied"
-    elif isinstance(error, OSError) and "bytes" in str(error):
-        cause = "file shorter than its header says (truncated)"
-    elif isinstance(error, RuntimeError) and "cannot find a suitable reader" in str(error):
-        cause = "no image reader accepted it (not an image file, or damaged)"
-        detail = (_lines(str(error)) or [""])[-1]
-    elif type(error).__name__ == "ImageFileError":
-        cause = "not a recognised image file (damaged header or wrong extension)"
-    else:
-        cause = "read failed"
-    return f"{path}: cannot read image ({cause}: {detail})"
-
-
-class SafeLoadImage(LoadImage):
-    """``monai.transforms.LoadImage`` whose read failures name the file: any error while reading becomes a
-    :class:`VolumeFileError` ``"<path>: cannot read image (<cause>: <original error>)"``, chained to the original.
-
-    Errors that already name the file (:class:`VolumeFileError`,
-    :class:`~monai_unet2.transforms.dicom_checks.DicomSeriesError`) pass through unchanged. Before reading, a
-    volume whose header promises more voxels than memory allows is refused
-    (:func:`~monai_unet2.transforms.memory.memory_refusal`), so a huge file gives a message instead of a SIGKILL
-    from the OOM killer.
-
-    Args:
-        args: those of ``LoadImage``.
-        memory_per_voxel: bytes the pipeline needs per input voxel (default 24).
-        max_memory_fraction: largest fraction of the available memory a volume may need; ``None``: no check.
-        kwargs: those of ``LoadImage``.
-    """
-
-    def __init__(
-        self,
-        *args: Any,
-        memory_per_voxel: float = DEFAULT_MEMORY_PER_VOXEL,
-        max_memory_fraction: float | None = DEFAULT_MAX_MEMORY_FRACTION,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self.memory_per_voxel = memory_per_voxel
-        self.max_memory_fraction = max_memory_fraction
-
-    def __call__(self, filename: Any, reader: Any = None) -> Any:
-        refusal = memory_refusal(filename, self.memory_per_voxel, self.max_memory_fraction)
-        if refusal is not None:
-            raise VolumeFileError(refusal)
-        try:
-            return super().__call__(filename, reader)
-        except (VolumeFileError, DicomSeriesError):
-            raise
-        except Exception as error:
-            raise VolumeFileError(describe_read_error(filename, error)) from error
-
-
-class SafeLoadImaged(LoadImaged):
-    """``monai.transforms.LoadImaged`` with :class:`SafeLoadImage` as its loader: a truncated or corrupt file gives a
-    :class:`VolumeFileError` naming the file instead of a bare ``EOFError`` from gzip.
-
-    A subclass (not a wrapper) so code that looks for ``LoadImaged`` in a pipeline with ``isinstance`` (MONAI
-    Label's bundle inference task) still recognises it. The loader ``LoadImaged`` built is re-classed by copying its
-    state, so its registered readers are reused rather than constructed twice.
-
-    Args:
-        keys: keys of the file names to load.
-        args: those of ``LoadImaged``.
-        memory_per_voxel: bytes the pipeline needs per input voxel; with ``max_memory_fraction`` it decides which
-            volumes are refused before reading (see :class:`SafeLoadImage`).
-        max_memory_fraction: largest fraction of the available memory a volume may need; ``None``: no check.
-        kwargs: those of ``LoadImaged``.
-    """
-
-    def __init__(
-        self,
-        keys: KeysCollection,
-        *args: Any,
-        memory_per_voxel: float = DEFAULT_MEMORY_PER_VOXEL,
-        max_memory_fraction: float | None = DEFAULT_MAX_MEMORY_FRACTION,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(keys, *args, **kwargs)
-        safe_loader = SafeLoadImage.__new__(SafeLoadImage)
-        safe_loader.__dict__.update(self._loader.__dict__)
-        safe_loader.memory_per_voxel = memory_per_voxel
-        safe_loader.max_memory_fraction = max_memory_fraction
-        self._loader = safe_loader
 
 
 def grid_distance_mm(affine_a: Any, affine_b: Any, spatial_shape: Sequence[int]) -> float:
@@ -194,7 +63,7 @@ def _filename(value: Any, key: Hashable) -> str:
 
 
 class CheckVolumed(MapTransform):
-    """Refuse volumes that would silently train or infer on garbage, with a :class:`VolumeFileError` naming the file.
+    """Refuse volumes that would silently train or infer on garbage, with a ``VolumeFileError`` naming the file.
 
     Place it right after ``LoadImaged`` + ``EnsureChannelFirstd`` (arrays are channel-first ``(C, *spatial)``
     ``MetaTensor``\\ s carrying ``filename_or_obj`` and ``affine``). For every key it checks, in order:
@@ -344,4 +213,3 @@ def _format_value(value: float) -> str:
 
 
 CheckVolumeD = CheckVolumeDict = CheckVolumed
-SafeLoadImageD = SafeLoadImageDict = SafeLoadImaged

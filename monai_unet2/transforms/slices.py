@@ -32,13 +32,13 @@ __all__ = [
 NdarrayOrTensor = np.ndarray | torch.Tensor
 
 
-def stack_slice_context(volume: NdarrayOrTensor, index: int, spatial_dim: int, context_slices: int) -> NdarrayOrTensor:
-    """One slice of a ``(C, D0, D1, D2)`` volume along ``spatial_dim``, with ``context_slices`` neighbours per side.
+def stack_slice_context(volume: NdarrayOrTensor, index: int, slice_axis: int, context_slices: int) -> NdarrayOrTensor:
+    """One slice of a ``(C, D0, D1, D2)`` volume along ``slice_axis``, with ``context_slices`` neighbours per side.
 
     Args:
         volume: channel-first 3D numpy array or tensor (a MetaTensor comes back as a plain tensor).
-        index: slice index along ``spatial_dim``.
-        spatial_dim: 0, 1 or 2, the spatial axis to slice along.
+        index: slice index along ``slice_axis``.
+        slice_axis: 0, 1 or 2, the spatial axis to slice along.
         context_slices: neighbours on each side; 0 gives the plain 2D slice.
 
     Returns:
@@ -47,37 +47,37 @@ def stack_slice_context(volume: NdarrayOrTensor, index: int, spatial_dim: int, c
     """
     if volume.ndim != 4:
         raise ValueError(f"expected a channel-first 3D volume (C, D0, D1, D2), got shape {tuple(volume.shape)}")
-    if spatial_dim not in (0, 1, 2):
-        raise ValueError(f"spatial_dim must be 0, 1 or 2, got {spatial_dim}")
-    depth = volume.shape[spatial_dim + 1]
+    if slice_axis not in (0, 1, 2):
+        raise ValueError(f"slice_axis must be 0, 1 or 2, got {slice_axis}")
+    depth = volume.shape[slice_axis + 1]
     if not 0 <= index < depth:
-        raise IndexError(f"slice index {index} out of range for {depth} slices along spatial_dim {spatial_dim}")
+        raise IndexError(f"slice index {index} out of range for {depth} slices along slice_axis {slice_axis}")
     neighbours = np.clip(np.arange(index - context_slices, index + context_slices + 1), 0, depth - 1)
     channels = volume.shape[0] * neighbours.size
     if isinstance(volume, torch.Tensor):
         plain = volume.as_tensor() if isinstance(volume, MetaTensor) else volume
-        picked = plain.index_select(spatial_dim + 1, torch.as_tensor(neighbours, device=plain.device))
-        picked = picked.movedim(spatial_dim + 1, 1)
+        picked = plain.index_select(slice_axis + 1, torch.as_tensor(neighbours, device=plain.device))
+        picked = picked.movedim(slice_axis + 1, 1)
         return picked.reshape(channels, *picked.shape[2:])
-    picked = np.moveaxis(np.take(volume, neighbours, axis=spatial_dim + 1), spatial_dim + 1, 1)
+    picked = np.moveaxis(np.take(volume, neighbours, axis=slice_axis + 1), slice_axis + 1, 1)
     return np.ascontiguousarray(picked.reshape(channels, *picked.shape[2:]))
 
 
-def slice_affine(affine: torch.Tensor, index: int, spatial_dim: int) -> torch.Tensor:
-    """4x4 affine of slice ``index`` along ``spatial_dim``: in-plane axes first, the slice axis third (size 1).
+def slice_affine(affine: torch.Tensor, index: int, slice_axis: int) -> torch.Tensor:
+    """4x4 affine of slice ``index`` along ``slice_axis``: in-plane axes first, the slice axis third (size 1).
 
     The 2D array's pixel ``(i, j)`` sits at ``affine @ (i, j, 0, 1)``, the world position of its 3D voxel.
     """
     affine = torch.as_tensor(affine, dtype=torch.float64)
-    kept = [a for a in range(3) if a != spatial_dim]
+    kept = [a for a in range(3) if a != slice_axis]
     out = torch.eye(4, dtype=torch.float64)
-    out[:3, 0], out[:3, 1], out[:3, 2] = affine[:3, kept[0]], affine[:3, kept[1]], affine[:3, spatial_dim]
-    out[:3, 3] = affine[:3, 3] + index * affine[:3, spatial_dim]
+    out[:3, 0], out[:3, 1], out[:3, 2] = affine[:3, kept[0]], affine[:3, kept[1]], affine[:3, slice_axis]
+    out[:3, 3] = affine[:3, 3] + index * affine[:3, slice_axis]
     return out
 
 
-def _foreground_slices(label: NdarrayOrTensor, spatial_dim: int) -> np.ndarray:
-    other = tuple(a for a in range(label.ndim) if a != spatial_dim + 1)
+def _foreground_slices(label: NdarrayOrTensor, slice_axis: int) -> np.ndarray:
+    other = tuple(a for a in range(label.ndim) if a != slice_axis + 1)
     if isinstance(label, torch.Tensor):
         return (torch.as_tensor(label) > 0).any(dim=other[-1]).any(dim=other[-2]).any(dim=0).cpu().numpy()
     return np.asarray(label > 0).any(axis=other)
@@ -98,12 +98,12 @@ class _SliceMixin:
         label_key: str | None,
         image_keys: KeysCollection | None,
         centre_only_keys: KeysCollection | None,
-        spatial_dim: int,
+        slice_axis: int,
         context_slices: int,
         slice_index_key: str | None,
     ) -> None:
-        if spatial_dim not in (0, 1, 2):
-            raise ValueError(f"spatial_dim must be 0, 1 or 2, got {spatial_dim}")
+        if slice_axis not in (0, 1, 2):
+            raise ValueError(f"slice_axis must be 0, 1 or 2, got {slice_axis}")
         if context_slices < 0:
             raise ValueError(f"context_slices must be >= 0, got {context_slices}")
         centre = {label_key} | _as_set(centre_only_keys)
@@ -114,7 +114,7 @@ class _SliceMixin:
             centre = set(keys) - _as_set(image_keys)
         self.context_keys = {k for k in keys if k not in centre}
         self.label_key = label_key
-        self.spatial_dim = spatial_dim
+        self.slice_axis = slice_axis
         self.context_slices = context_slices
         self.slice_index_key = slice_index_key
 
@@ -123,26 +123,26 @@ class _SliceMixin:
         for key in self.key_iterator(data):  # type: ignore[attr-defined]
             volume = data[key]
             context = self.context_slices if key in self.context_keys else 0
-            sliced = stack_slice_context(volume, index, self.spatial_dim, context)
+            sliced = stack_slice_context(volume, index, self.slice_axis, context)
             if isinstance(volume, MetaTensor):
                 meta = {k: v for k, v in volume.meta.items() if k not in ("affine", "spatial_shape")}
                 meta.update(
                     {
                         "spatial_shape": np.asarray(sliced.shape[1:]),
                         "slice_index": index,
-                        "slice_spatial_dim": self.spatial_dim,
+                        "slice_axis": self.slice_axis,
                     }
                 )
-                sliced = MetaTensor(sliced, affine=slice_affine(volume.affine, index, self.spatial_dim), meta=meta)
+                sliced = MetaTensor(sliced, affine=slice_affine(volume.affine, index, self.slice_axis), meta=meta)
             out[key] = sliced
         if self.slice_index_key is not None:
             out[self.slice_index_key] = index
         return out
 
     def _depth(self, data: Mapping[Hashable, Any]) -> int:
-        depths = {k: data[k].shape[self.spatial_dim + 1] for k in self.key_iterator(data)}  # type: ignore[attr-defined]
+        depths = {k: data[k].shape[self.slice_axis + 1] for k in self.key_iterator(data)}  # type: ignore[attr-defined]
         if len(set(depths.values())) != 1:
-            raise ValueError(f"keys have different sizes along spatial_dim {self.spatial_dim}: {depths}")
+            raise ValueError(f"keys have different sizes along slice_axis {self.slice_axis}: {depths}")
         return next(iter(depths.values()))
 
 
@@ -157,9 +157,9 @@ class RandSliceWithContextd(Randomizable, MapTransform, _SliceMixin):
     reassembles volumes). Each dict also gets the slice index under ``slice_index_key``.
 
     Args:
-        keys: keys of the volumes to slice (all must have the same size along ``spatial_dim``).
+        keys: keys of the volumes to slice (all must have the same size along ``slice_axis``).
         label_key: label used to find foreground slices (any channel > 0); it is centre-only if in ``keys``.
-        spatial_dim: spatial axis (0, 1 or 2 of the spatial dims) to slice along.
+        slice_axis: spatial axis (0, 1 or 2 of the spatial dims) to slice along.
         context_slices: neighbours on each side stacked as channels (k); 0 is plain 2D.
         num_samples: slices drawn per call.
         pos_ratio: probability that a sample comes from a slice with foreground; otherwise from a slice without.
@@ -174,7 +174,7 @@ class RandSliceWithContextd(Randomizable, MapTransform, _SliceMixin):
         self,
         keys: KeysCollection,
         label_key: str | None = "label",
-        spatial_dim: int = 2,
+        slice_axis: int = 2,
         context_slices: int = 1,
         num_samples: int = 4,
         pos_ratio: float = 0.5,
@@ -184,7 +184,7 @@ class RandSliceWithContextd(Randomizable, MapTransform, _SliceMixin):
         allow_missing_keys: bool = False,
     ):
         MapTransform.__init__(self, keys, allow_missing_keys)
-        self._setup(self.keys, label_key, image_keys, centre_only_keys, spatial_dim, context_slices, slice_index_key)
+        self._setup(self.keys, label_key, image_keys, centre_only_keys, slice_axis, context_slices, slice_index_key)
         if not 0.0 <= pos_ratio <= 1.0:
             raise ValueError(f"pos_ratio must be in [0, 1], got {pos_ratio}")
         self.num_samples = num_samples
@@ -203,7 +203,7 @@ class RandSliceWithContextd(Randomizable, MapTransform, _SliceMixin):
     def __call__(self, data: Mapping[Hashable, Any]) -> list[dict[Hashable, Any]]:
         depth = self._depth(data)
         if self.label_key is not None and self.label_key in data:
-            foreground = _foreground_slices(data[self.label_key], self.spatial_dim)
+            foreground = _foreground_slices(data[self.label_key], self.slice_axis)
         else:
             foreground = np.zeros(depth, dtype=bool)
         self.randomize(foreground)
@@ -216,7 +216,7 @@ class SliceWithContextd(MapTransform, _SliceMixin):
     Args:
         keys: keys of the volumes to slice.
         label_key: key that keeps only the centre slice (if in ``keys``).
-        spatial_dim: spatial axis (0, 1 or 2) to slice along.
+        slice_axis: spatial axis (0, 1 or 2) to slice along.
         context_slices: neighbours on each side stacked as channels; 0 is plain 2D.
         stride: take slices ``0, stride, 2 * stride, ...``.
         image_keys: if given, exactly these keys get context.
@@ -229,7 +229,7 @@ class SliceWithContextd(MapTransform, _SliceMixin):
         self,
         keys: KeysCollection,
         label_key: str | None = "label",
-        spatial_dim: int = 2,
+        slice_axis: int = 2,
         context_slices: int = 1,
         stride: int = 1,
         image_keys: KeysCollection | None = None,
@@ -238,7 +238,7 @@ class SliceWithContextd(MapTransform, _SliceMixin):
         allow_missing_keys: bool = False,
     ):
         MapTransform.__init__(self, keys, allow_missing_keys)
-        self._setup(self.keys, label_key, image_keys, centre_only_keys, spatial_dim, context_slices, slice_index_key)
+        self._setup(self.keys, label_key, image_keys, centre_only_keys, slice_axis, context_slices, slice_index_key)
         if stride < 1:
             raise ValueError(f"stride must be >= 1, got {stride}")
         self.stride = stride

@@ -3,7 +3,7 @@
 MONAI's ``PydicomReader`` sorts slices by InstanceNumber, averages the z steps and only warns about changing
 shapes; GDCM (behind ``ITKReader`` and SimpleITK) sorts by position but also stacks gaps and duplicates without a
 word. Both are fine for clean data and silently wrong otherwise. :class:`DicomSeriesReader` sorts along the slice
-normal, checks the series (see :mod:`monai_unet2.transforms.dicom_checks`) and produces the same array layout and
+normal, checks the series (see :mod:`monai_unet2.data.dicom_checks`) and produces the same array layout and
 metadata as MONAI's readers, so every MONAI transform downstream behaves identically.
 """
 
@@ -25,7 +25,7 @@ from monai.data.utils import affine_to_spacing, orientation_ras_lps
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 from pydicom.uid import UID
 
-from monai_unet2.transforms.dicom_checks import (
+from monai_unet2.data.dicom_checks import (
     DicomSeriesError,
     SliceHeader,
     pick_series,
@@ -33,6 +33,8 @@ from monai_unet2.transforms.dicom_checks import (
     series_label,
     validate_series,
 )
+from monai_unet2.data.dicom_geometry import pixel_steps
+from monai_unet2.data.files import dicom_files
 
 __all__ = ["DicomSeries", "DicomSeriesError", "DicomSeriesReader", "decoder_available"]
 
@@ -73,8 +75,8 @@ class DicomSeries:
         first = slices[0]
         self.modality = str(first.dataset.get("Modality", "") or "")
         affine = np.eye(4)
-        affine[:3, 0] = first.row_direction * first.pixel_spacing[1]
-        affine[:3, 1] = first.column_direction * first.pixel_spacing[0]
+        orientation = np.concatenate([first.row_direction, first.column_direction])
+        affine[:3, 0], affine[:3, 1] = pixel_steps(orientation, first.pixel_spacing)
         affine[:3, 2] = slice_step
         affine[:3, 3] = first.position
         self.affine_lps = affine
@@ -184,15 +186,7 @@ class DicomSeriesReader(ImageReader):
     def _list_folder(folder: str) -> list[str]:
         if not os.path.isdir(folder):
             raise DicomSeriesError(f"DICOM folder {folder} does not exist")
-        files = []
-        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-            if not entry.is_file() or entry.name.startswith(".") or entry.name.upper() == "DICOMDIR":
-                continue
-            if entry.name.lower().endswith(".dcm") or pydicom.misc.is_dicom(entry.path):
-                files.append(entry.path)
-            else:
-                logger.info("DICOM folder %s: ignoring %s (not a DICOM file)", folder, entry.name)
-        return files
+        return list(dicom_files(folder))
 
     def _read_series(self, folder: str, files: list[str]) -> DicomSeries:
         headers: list[SliceHeader] = []

@@ -1,8 +1,15 @@
-"""Refuse a volume that cannot be processed in one piece before reading it, instead of meeting the OOM killer.
+"""Reading volume files safely: read failures named after the file, and volumes too large for memory refused before
+they are read.
 
-A loader reads the whole volume, and the pipeline then holds several float32 copies of it (the normalised image,
-the class probabilities of the inference output, the label map). For a volume far larger than the machine's memory
-the process grows until the kernel's OOM killer ends it with SIGKILL: no message, no name, and in a folder run
+Read errors: a truncated ``.nii.gz`` fails deep inside nibabel/gzip with ``EOFError: Compressed file ended before the
+end-of-stream marker was reached`` and no file name (``LoadImage`` only wraps failures while *choosing* a reader;
+nibabel reads the voxels lazily, later, in ``get_data``). :func:`describe_read_error` turns any read failure into a
+one-line message with the path and the likely cause; :class:`~monai_unet2.transforms.SafeLoadImage` raises it as
+:class:`VolumeFileError`.
+
+Memory: a loader reads the whole volume, and the pipeline then holds several float32 copies of it (the normalised
+image, the class probabilities of the inference output, the label map). For a volume far larger than the machine's
+memory the process grows until the kernel's OOM killer ends it with SIGKILL: no message, no name, and in a folder run
 every other case is lost with it. Nothing in MONAI, nibabel or SimpleITK checks this before reading. The header
 alone gives the voxel count (NIfTI/MGH via nibabel's lazy image, NRRD/MHA via SimpleITK's image information, DICOM
 via the first slice's ``Rows``/``Columns`` times the number of slice files), and the memory this process may still
@@ -11,17 +18,25 @@ use is known (``MemAvailable`` and the cgroup limit), so :func:`memory_refusal` 
 
 from __future__ import annotations
 
+import gzip
 import math
+import os
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pydicom
 from monai.utils import ensure_tuple
+
+from monai_unet2.data.files import dicom_files
 
 __all__ = [
     "DEFAULT_MAX_MEMORY_FRACTION",
     "DEFAULT_MEMORY_PER_VOXEL",
+    "VolumeFileError",
     "available_memory",
+    "describe_read_error",
     "header_voxel_count",
     "memory_refusal",
 ]
@@ -32,6 +47,44 @@ DEFAULT_MAX_MEMORY_FRACTION = 0.8
 NIBABEL_SUFFIXES = (".nii", ".nii.gz", ".mgh", ".mgz", ".hdr", ".img")
 SIMPLEITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
 _UNLIMITED = 1 << 60
+
+
+class VolumeFileError(ValueError):
+    """A volume file that cannot be read or must not be used; the message names the file(s) and the problem."""
+
+
+def _lines(text: str) -> list[str]:
+    return [line.strip() for line in str(text).splitlines() if line.strip()]
+
+
+def describe_read_error(filename: Any, error: BaseException) -> str:
+    """A one-line message for a failed image read: the file, the likely cause and the original error.
+
+    Args:
+        filename: what was passed to the loader (a path or a sequence of paths).
+        error: the exception raised while reading.
+    """
+    names = ensure_tuple(filename)
+    path = str(names[0]) if len(names) == 1 else ", ".join(str(name) for name in names)
+    detail = f"{type(error).__name__}: {' '.join(_lines(str(error))) or 'no message'}"
+    if len(names) == 1 and isinstance(names[0], (str, os.PathLike)) and not os.path.exists(names[0]):
+        return f"{path}: cannot read image (file not found)"
+    if isinstance(error, (EOFError, zlib.error, gzip.BadGzipFile)):
+        cause = "truncated or corrupt gzip data"
+    elif isinstance(error, FileNotFoundError):
+        cause = "file not found"
+    elif isinstance(error, PermissionError):
+        cause = "permission denied"
+    elif isinstance(error, OSError) and "bytes" in str(error):
+        cause = "file shorter than its header says (truncated)"
+    elif isinstance(error, RuntimeError) and "cannot find a suitable reader" in str(error):
+        cause = "no image reader accepted it (not an image file, or damaged)"
+        detail = (_lines(str(error)) or [""])[-1]
+    elif type(error).__name__ == "ImageFileError":
+        cause = "not a recognised image file (damaged header or wrong extension)"
+    else:
+        cause = "read failed"
+    return f"{path}: cannot read image ({cause}: {detail})"
 
 
 def _read_int(path: str) -> int | None:
@@ -67,14 +120,9 @@ def available_memory() -> int | None:
 
 
 def _dicom_voxels(paths: Sequence[Path]) -> int | None:
-    import pydicom
-
-    files = []
+    files: list[str | Path] = []
     for path in paths:
-        if path.is_dir():
-            files += [p for p in sorted(path.iterdir()) if p.is_file() and not p.name.startswith(".")]
-        else:
-            files.append(path)
+        files += list(dicom_files(path, log_ignored=False)) if path.is_dir() else [path]
     for file in files:
         try:
             header = pydicom.dcmread(file, stop_before_pixels=True, specific_tags=["Rows", "Columns", "NumberOfFrames"])

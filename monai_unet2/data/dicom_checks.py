@@ -1,6 +1,6 @@
 """Header-level checks that turn the files of a DICOM folder into one validated, sorted image series.
 
-:class:`~monai_unet2.transforms.dicom_reader.DicomSeriesReader` reads the headers of every file, then calls the
+:class:`~monai_unet2.data.dicom_series.DicomSeriesReader` reads the headers of every file, then calls the
 functions here to sort out objects that are not image slices, pick a series, sort its slices along the slice
 normal and refuse (with a message naming the folder, series and files) any series that would otherwise become a
 silently distorted volume: gaps, duplicated positions, irregular spacing, changing raster or orientation.

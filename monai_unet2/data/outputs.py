@@ -1,53 +1,37 @@
-"""Write the bundles' predictions next to nothing but finished files: NIfTI, PNG and DICOM SEG outputs.
+"""Segmentation outputs: their names after the input, which inputs still need them, and writing one label map in
+each output format (NIfTI, PNG, DICOM SEG) to finished files only.
 
 MONAI's ``SaveImaged`` writes straight to the final name (an interrupted run leaves a truncated ``.nii.gz`` that
 looks finished), names files ``<output_dir>/<stem>/<stem>_<postfix>`` by default, cannot skip finished cases on a
-re-run and has no DICOM SEG output. :class:`SaveSegmentationd` keeps MONAI's writers (``NibabelWriter``,
-``PILWriter``) for the encoding and adds atomic writing, flat naming after the input, resume and DICOM SEG output
-(:mod:`monai_unet2.io.dicom_seg_writer`).
+re-run and has no DICOM SEG output. :class:`SegmentationWriter` keeps MONAI's writers (``NibabelWriter``,
+``PILWriter``) for the encoding and adds atomic writing (:func:`~monai_unet2.data.files.write_atomically`), flat
+naming after the input (:func:`output_paths`), resume (:func:`pending_inputs`) and DICOM SEG output
+(:func:`~monai_unet2.data.dicom_seg.build_dicom_seg`). The dictionary transform around it is
+:class:`~monai_unet2.transforms.SaveSegmentationd`.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
-import uuid
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from monai.config import DtypeLike, KeysCollection
-from monai.data import MetaTensor, NibabelWriter, PILWriter
-from monai.transforms import SaveImaged
+from monai.config import DtypeLike
+from monai.data import NibabelWriter, PILWriter
 from monai.utils import MetaKeys
 
-from monai_unet2.io.dicom_seg_writer import build_dicom_seg, import_highdicom
+from monai_unet2.data.dicom_seg import HIGHDICOM_MISSING, build_dicom_seg, highdicom_available
+from monai_unet2.data.files import ensure_output_dir, write_atomically
 
-__all__ = [
-    "OutputWriteError",
-    "SaveSegmentationD",
-    "SaveSegmentationDict",
-    "SaveSegmentationd",
-    "ensure_output_dir",
-    "output_paths",
-    "pending_inputs",
-    "write_atomically",
-]
+__all__ = ["OUTPUT_FORMATS", "SegmentationWriter", "output_paths", "pending_inputs"]
 
 logger = logging.getLogger(__name__)
 
 OUTPUT_FORMATS = ("nifti", "dicom_seg", "png")
 _KNOWN_SUFFIXES = (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".dcm", ".nrrd", ".mha")
-
-
-class OutputWriteError(OSError):
-    """An output file could not be written; the message names the path and why (not writable, disk full...)."""
-
-
-def _compound_suffix(name: str) -> str:
-    return ".nii.gz" if name.lower().endswith(".nii.gz") else os.path.splitext(name)[1]
 
 
 def _input_stem(input_path: str | os.PathLike) -> str:
@@ -72,7 +56,7 @@ def output_paths(
     output_postfix: str = "seg",
     output_format: str = "nifti",
 ) -> list[str]:
-    """The files :class:`SaveSegmentationd` writes for one input, in writing order.
+    """The files :class:`~monai_unet2.transforms.SaveSegmentationd` writes for one input, in writing order.
 
     ``<stem>_<postfix>.nii.gz`` for NIfTI (``x.nii.gz`` -> ``x_seg.nii.gz``, a DICOM folder ``series7/`` ->
     ``series7_seg.nii.gz``), ``<stem>_<postfix>.png`` for PNG, and for ``dicom_seg`` the NIfTI plus, for DICOM
@@ -106,11 +90,11 @@ def pending_inputs(
     """The datalist entries whose outputs are not all written yet, so a re-run segments only those.
 
     Use it on the inference datalist (before the expensive part) together with ``resume=True`` of
-    :class:`SaveSegmentationd`; temporary files of an interrupted write do not count as outputs.
+    :class:`~monai_unet2.transforms.SaveSegmentationd`; temporary files of an interrupted write do not count as outputs.
 
     Args:
         datalist: ``{"image": path, ...}`` entries (or plain paths).
-        output_dir, output_postfix, output_format: as given to :class:`SaveSegmentationd`.
+        output_dir, output_postfix, output_format: as given to :class:`~monai_unet2.transforms.SaveSegmentationd`.
         image_key: key of the input path in the entries.
     """
     pending, done = [], 0
@@ -125,93 +109,10 @@ def pending_inputs(
     return pending
 
 
-def _describe_failure(path: str, err: BaseException) -> str:
-    reason = getattr(err, "errno", None)
-    if reason in (errno.ENOSPC, errno.EDQUOT):
-        return f"cannot write {path}: no space left on the device (or quota exceeded): {err}"
-    if reason in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f"cannot write {path}: the folder is not writable: {err}"
-    if reason in (errno.ENOTDIR, errno.ENOENT, errno.EEXIST):
-        return f"cannot write {path}: the output folder does not exist or a parent of it is a file: {err}"
-    return f"cannot write {path}: {type(err).__name__}: {err}"
+class SegmentationWriter:
+    """Write label maps in the input's space, named after the input, atomically, skipping finished inputs.
 
-
-def ensure_output_dir(output_dir: str | os.PathLike) -> str:
-    """Create ``output_dir`` (and parents) if needed; :class:`OutputWriteError` naming it when that fails."""
-    folder = os.fspath(output_dir)
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as err:
-        raise OutputWriteError(f"cannot create output folder {folder}: {_describe_failure(folder, err)}") from err
-    if not os.path.isdir(folder):
-        raise OutputWriteError(f"output folder {folder} exists but is not a folder")
-    return folder
-
-
-def _fsync(path: str, directory: bool = False) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
-    except OSError:
-        if directory:
-            return  # not supported on every platform; the file itself is synced
-        raise
-    try:
-        os.fsync(fd)
-    except OSError:
-        if not directory:
-            raise
-    finally:
-        os.close(fd)
-
-
-def write_atomically(path: str | os.PathLike, write: Callable[[str], Any], fsync: bool = True) -> str:
-    """Run ``write(temporary_path)`` then rename the result to ``path``: readers see the old file or the whole
-    new one, never a partial file.
-
-    The temporary file is hidden (``.<name>.tmp-<random><suffix>``, keeping the suffix, e.g. ``.nii.gz``, that
-    writers use to pick a format) and lies in the same folder, so ``os.replace`` is an atomic rename. On any error it
-    is removed and an :class:`OutputWriteError` naming ``path`` and the cause is raised (``KeyboardInterrupt`` is
-    re-raised as is, after the clean-up). A killed process (SIGKILL) can leave a hidden ``.tmp-`` file behind,
-    never a file under the final name.
-
-    Args:
-        path: the final file name.
-        write: writes the whole file at the path it is given.
-        fsync: flush the file (and best effort, its folder) to disk before the rename, so a power loss right after
-            cannot leave an empty file under the final name.
-
-    Returns:
-        ``path``.
-    """
-    final = os.fspath(path)
-    folder, name = os.path.split(final)
-    suffix = _compound_suffix(name)
-    temporary = os.path.join(folder, f".{name[: len(name) - len(suffix)]}.tmp-{uuid.uuid4().hex[:12]}{suffix}")
-    try:
-        write(temporary)
-        if not os.path.isfile(temporary):
-            raise OutputWriteError(f"cannot write {final}: the writer produced no file")
-        if fsync:
-            _fsync(temporary)
-        os.replace(temporary, final)
-    except BaseException as err:
-        try:
-            os.remove(temporary)
-        except OSError:
-            pass
-        if isinstance(err, OutputWriteError) or not isinstance(err, Exception):
-            raise
-        raise OutputWriteError(_describe_failure(final, err)) from err
-    if fsync:
-        _fsync(folder or ".", directory=True)
-    return final
-
-
-class SaveSegmentationd(SaveImaged):
-    """Save label maps in the input's space, named after the input, atomically, skipping finished inputs.
-
-    Place it last in an inference ``postprocessing``, after ``Invertd`` has brought the prediction back into the
-    input's space. It writes, in ``output_dir`` (no per-case sub-folder):
+    It writes, in ``output_dir`` (no per-case sub-folder):
 
     - ``nifti``: ``<stem>_<postfix>.nii.gz`` with MONAI's ``NibabelWriter``: the input's shape and affine
       (``original_affine`` / ``spatial_shape`` of the metadata, RAS for DICOM inputs). A prediction that is not on
@@ -219,14 +120,12 @@ class SaveSegmentationd(SaveImaged):
     - ``png``: ``<stem>_<postfix>.png`` with MONAI's ``PILWriter`` (same width/height as the input image, PIL's
       axis convention handled by MONAI's reader/writer pair); binary masks as 0/255, label maps as label values.
     - ``dicom_seg``: the NIfTI, and for DICOM series inputs also ``<folder>_<postfix>.dcm``, a BINARY DICOM SEG
-      referencing the source slices (:func:`~monai_unet2.io.dicom_seg_writer.build_dicom_seg`; needs highdicom).
+      referencing the source slices (:func:`~monai_unet2.data.dicom_seg.build_dicom_seg`; needs highdicom).
 
-    Every file is written to a hidden temporary name and renamed (:func:`write_atomically`); failures raise
-    :class:`OutputWriteError` naming the file. It subclasses ``SaveImaged`` so that MONAI Label's bundle task,
-    which filters ``SaveImaged`` instances out of ``postprocessing``, drops it when serving.
+    Every file is written to a hidden temporary name and renamed (:func:`~monai_unet2.data.files.write_atomically`);
+    failures raise :class:`~monai_unet2.data.files.OutputWriteError` naming the file.
 
     Args:
-        keys: keys of the label maps (channel-first, one channel, integer values: after ``AsDiscreted(argmax)``).
         output_dir: output folder, created when needed.
         output_postfix: appended to the input's name after an underscore.
         output_format: ``"nifti"``, ``"dicom_seg"`` or ``"png"``.
@@ -236,17 +135,17 @@ class SaveSegmentationd(SaveImaged):
         label_names: label value -> name (a bundle's ``channel_def`` works), used for the SEG's segment labels and
             to decide PNG binary-ness (one foreground name).
         binary: PNG only: write 0/255; ``None`` decides from ``label_names``, else from the values (max <= 1).
-        meta_keys: metadata dict keys for non-MetaTensor values (default ``{key}_{meta_key_postfix}``).
-        meta_key_postfix: see ``meta_keys``.
         series_description: SeriesDescription of the DICOM SEG.
         algorithm_name: algorithm recorded in the DICOM SEG.
         fsync: flush each file to disk before renaming it.
-        allow_missing_keys: don't raise if a key is missing.
+
+    Raises:
+        ValueError: an unknown format or a non-integer dtype.
+        ImportError: ``dicom_seg`` without highdicom (at construction, before any inference).
     """
 
     def __init__(
         self,
-        keys: KeysCollection = "pred",
         output_dir: str | os.PathLike = "./",
         output_postfix: str = "seg",
         output_format: str = "nifti",
@@ -254,32 +153,16 @@ class SaveSegmentationd(SaveImaged):
         resume: bool = False,
         label_names: Mapping[Any, str] | Sequence[str] | None = None,
         binary: bool | None = None,
-        meta_keys: KeysCollection | None = None,
-        meta_key_postfix: str = "meta_dict",
         series_description: str = "Segmentation",
         algorithm_name: str = "monai_unet2",
         fsync: bool = True,
-        allow_missing_keys: bool = False,
     ) -> None:
         if output_format not in OUTPUT_FORMATS:
             raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
         if not np.issubdtype(np.dtype(output_dtype), np.integer):
             raise ValueError(f"output_dtype must be an integer type for label maps, got {output_dtype}")
-        if output_format == "dicom_seg":
-            import_highdicom()  # fail before inference, not after it
-        ext = ".png" if output_format == "png" else ".nii.gz"
-        super().__init__(
-            keys,
-            meta_keys=meta_keys,
-            meta_key_postfix=meta_key_postfix,
-            output_dir=output_dir,
-            output_postfix=output_postfix,
-            output_ext=ext,
-            output_dtype=output_dtype,
-            separate_folder=False,
-            print_log=False,
-            allow_missing_keys=allow_missing_keys,
-        )
+        if output_format == "dicom_seg" and not highdicom_available():
+            raise ImportError(HIGHDICOM_MISSING)  # fail before inference, not after it
         self.output_dir = os.fspath(output_dir)
         self.output_postfix = output_postfix
         self.output_format = output_format
@@ -291,18 +174,14 @@ class SaveSegmentationd(SaveImaged):
         self.algorithm_name = algorithm_name
         self.fsync = fsync
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key, meta_key, meta_key_postfix in self.key_iterator(d, self.meta_keys, self.meta_key_postfix):
-            value = d[key]
-            meta = value.meta if isinstance(value, MetaTensor) else d.get(meta_key or f"{key}_{meta_key_postfix}")
-            written = self.save(value, meta)
-            if isinstance(value, MetaTensor):
-                value.meta[MetaKeys.SAVED_TO] = written[0]
-        return d
+    def write(self, label_map: torch.Tensor | np.ndarray, meta: Mapping | None) -> list[str]:
+        """Write the outputs of one label map; returns their paths (also when skipped by ``resume``).
 
-    def save(self, label_map: torch.Tensor | np.ndarray, meta: Mapping | None) -> list[str]:
-        """Write the outputs of one label map; returns their paths (also when skipped by ``resume``)."""
+        Args:
+            label_map: channel-first (one channel) or channel-less integer label map.
+            meta: its metadata: ``filename_or_obj`` names the outputs; ``affine``, ``original_affine`` and
+                ``spatial_shape`` place them; ``SeriesInstanceUID`` / ``sop_instance_uids`` pick the SEG's sources.
+        """
         if not meta or not meta.get("filename_or_obj"):
             raise ValueError("SaveSegmentationd names outputs after the input: the metadata has no filename_or_obj")
         source = meta["filename_or_obj"]
@@ -408,6 +287,3 @@ class SaveSegmentationd(SaveImaged):
         writer.set_data_array(squeezed, channel_dim=None)
         writer.set_metadata({MetaKeys.SPATIAL_SHAPE: target}, resample=target != squeezed.shape, mode="nearest")
         return writer
-
-
-SaveSegmentationD = SaveSegmentationDict = SaveSegmentationd

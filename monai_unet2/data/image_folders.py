@@ -5,7 +5,7 @@ Many 2D datasets (DRIVE, STARE, CHASE_DB1, ISBI EM) do not follow the Decathlon 
 folders and share only a case id inside the name. MONAI's ``load_decathlon_datalist`` needs a ``dataset.json``
 and its folder helpers pair files by identical names, so neither pairs these. :func:`paired_datalist` extracts the
 case id from every file name with one regular expression, pairs the folders by that id, refuses unpaired files
-with an error naming them, and splits with :func:`monai_unet2.io.datalist.split_cases` (fixed and documented).
+with an error naming them, and splits with :func:`monai_unet2.data.datalist.split_cases` (fixed and documented).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from .datalist import DatalistError, split_cases
+from monai_unet2.data.datalist import DatalistError, split_cases
 
 __all__ = ["IMAGE_SUFFIXES", "image_files", "image_folder_datalist", "paired_datalist"]
 
@@ -88,7 +88,7 @@ def paired_datalist(
             underscore (``21_training.tif``, ``21_manual1.gif`` and ``21_training_mask.gif`` are case ``21``).
         split: ``"training"``, ``"validation"`` or ``"all"``.
         validation_every: period of the validation cases in the list sorted by image name (cases 0, n, 2n, ...;
-            see :func:`~monai_unet2.io.datalist.split_cases`); 5 holds out 4 of 20 images.
+            see :func:`~monai_unet2.data.datalist.split_cases`); 5 holds out 4 of 20 images.
         suffixes: accepted file name endings.
         mask_key: dictionary key for the mask files.
 

@@ -13,14 +13,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = [
-    "DatalistError",
-    "inference_datalist",
-    "is_dicom_file",
-    "msd_datalist",
-    "resolve_inside",
-    "split_cases",
-]
+from monai_unet2.data.files import dicom_files
+
+__all__ = ["DatalistError", "inference_datalist", "msd_datalist", "resolve_inside", "split_cases"]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -134,19 +129,10 @@ def msd_datalist(
     return split_cases(cases, split, validation_every)
 
 
-def is_dicom_file(path: str | os.PathLike) -> bool:
-    """True when the file carries the DICOM Part 10 preamble marker ``DICM`` at byte 128."""
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(128)
-            return handle.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
 def inference_datalist(dataset_dir: str | os.PathLike) -> list[dict]:
     """The inputs of a folder to segment: every NIfTI file in it and every sub-folder holding DICOM files
-    (one series per folder; the reader picks the series when there are several).
+    (:func:`~monai_unet2.data.files.dicom_files`; one series per folder, the reader picks the series when there are
+    several).
 
     Args:
         dataset_dir: the folder to scan (not recursive beyond one level of series folders).
@@ -164,7 +150,8 @@ def inference_datalist(dataset_dir: str | os.PathLike) -> list[dict]:
     for entry in sorted(root.iterdir()):
         if entry.name.startswith("."):
             continue
-        if (entry.is_file() and entry.name.endswith(NIFTI_SUFFIXES)) or (entry.is_dir() and any(is_dicom_file(child) for child in entry.iterdir() if child.is_file())):
+        is_nifti = entry.is_file() and entry.name.endswith(NIFTI_SUFFIXES)
+        if is_nifti or (entry.is_dir() and next(dicom_files(entry, log_ignored=False), None) is not None):
             inputs.append(str(entry.resolve()))
     if not inputs:
         raise DatalistError(f"{root}: no NIfTI files (*.nii, *.nii.gz) or DICOM series folders to segment")

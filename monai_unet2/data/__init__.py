@@ -1,0 +1,54 @@
+"""monai_unet2.data: formats (a reader and a writer of one format together, sharing their geometry), datalists and
+files.
+
+- DICOM series: :class:`DicomSeriesReader` (``dicom_series``; checks in ``dicom_checks``).
+- DICOM SEG: :func:`seg_to_grid` and :func:`build_dicom_seg` (``dicom_seg``), over the frame geometry shared with
+  the series reader (``dicom_geometry``).
+- Volume files: named read errors and the memory guard (``volumes``).
+- Segmentation outputs: naming, resume and per-format writing (``outputs``).
+- Datalists: Decathlon folders, splits, folders to segment (``datalist``) and 2D image folders (``image_folders``).
+- Files: atomic writes, output folders, the DICOM folder scanner (``files``).
+
+The dictionary transforms that use them are in :mod:`monai_unet2.transforms`.
+"""
+
+from .datalist import DatalistError, inference_datalist, msd_datalist, resolve_inside, split_cases
+from .dicom_checks import DicomSeriesError
+from .dicom_seg import DicomSegError, build_dicom_seg, highdicom_available, seg_to_grid
+from .dicom_series import DicomSeries, DicomSeriesReader, decoder_available
+from .files import OutputWriteError, dicom_files, ensure_output_dir, write_atomically
+from .image_folders import IMAGE_SUFFIXES, image_files, image_folder_datalist, paired_datalist
+from .outputs import SegmentationWriter, output_paths, pending_inputs
+from .volumes import VolumeFileError, available_memory, describe_read_error, header_voxel_count, memory_refusal
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "DatalistError",
+    "DicomSegError",
+    "DicomSeries",
+    "DicomSeriesError",
+    "DicomSeriesReader",
+    "OutputWriteError",
+    "SegmentationWriter",
+    "VolumeFileError",
+    "available_memory",
+    "build_dicom_seg",
+    "decoder_available",
+    "describe_read_error",
+    "dicom_files",
+    "ensure_output_dir",
+    "header_voxel_count",
+    "highdicom_available",
+    "image_files",
+    "image_folder_datalist",
+    "inference_datalist",
+    "memory_refusal",
+    "msd_datalist",
+    "output_paths",
+    "paired_datalist",
+    "pending_inputs",
+    "resolve_inside",
+    "seg_to_grid",
+    "split_cases",
+    "write_atomically",
+]
