@@ -123,7 +123,7 @@ def run_torchrun(arguments: list[str], cwd: Path, timeout: float) -> str:
 
 
 def evaluate_checkpoint(checkpoint: Path, output_dir: Path) -> tuple[dict, torch.Tensor]:
-    """Single-process evaluation with the bundle's own ``evaluate.json`` (over ``train.json``) on the validation split."""
+    """Single-process evaluation with ``evaluate.json`` merged over ``train.json``, on the validation split."""
     parser = ConfigParser()
     parser.read_config([str(HIPPOCAMPUS / "configs" / name) for name in ("train.json", "evaluate.json")])
     parser.update(
