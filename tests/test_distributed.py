@@ -123,9 +123,9 @@ def run_torchrun(arguments: list[str], cwd: Path, timeout: float) -> str:
 
 
 def evaluate_checkpoint(checkpoint: Path, output_dir: Path) -> tuple[dict, torch.Tensor]:
-    """Single-process evaluation with the bundle's own ``evaluate.json`` on the validation split."""
+    """Single-process evaluation with ``evaluate.json`` merged over ``train.json``, on the validation split."""
     parser = ConfigParser()
-    parser.read_config(str(HIPPOCAMPUS / "configs" / "evaluate.json"))
+    parser.read_config([str(HIPPOCAMPUS / "configs" / name) for name in ("train.json", "evaluate.json")])
     parser.update(
         {
             "bundle_root": str(HIPPOCAMPUS),
@@ -136,7 +136,7 @@ def evaluate_checkpoint(checkpoint: Path, output_dir: Path) -> tuple[dict, torch
     )
     parser.parse()
     parser.get_parsed_content("initialize")
-    evaluator = parser.get_parsed_content("evaluator")
+    evaluator = parser.get_parsed_content("validate#evaluator")
     evaluator.run()
     return evaluator.state.metrics, evaluator.state.metric_details["dice"]
 

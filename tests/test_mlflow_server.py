@@ -205,6 +205,7 @@ def test_load_model_in_fresh_process_matches_checkpoint(trained, tmp_path):
 
     parser = ConfigParser()
     parser.read_config(str(BUNDLE / "configs" / "inference.json"))
+    parser["bundle_root"] = str(BUNDLE)
     network = parser.get_parsed_content("network_def")
     checkpoint = trained["folder"] / "good" / "models" / "model.pt"
     network.load_state_dict(torch.load(checkpoint, weights_only=True))
