@@ -110,7 +110,7 @@ def test_handler_logs_into_one_run_and_marks_dead_runs(tmp_path, no_env_uri, mon
     experiment = client.create_experiment("exp", artifact_location=(tmp_path / "art").as_uri())
     stale = client.create_run(experiment, run_name="crashed", tags={HOST_TAG: host_name(), PID_TAG: str(_dead_pid())})
     alive = client.create_run(experiment, run_name="other", tags={HOST_TAG: host_name(), PID_TAG: str(os.getpid())})
-    monkeypatch.setattr("sys.argv", ["monai.bundle", "run", "--max_epochs", "2"])
+    monkeypatch.setattr("sys.orig_argv", ["python", "-m", "monai.bundle", "run", "--max_epochs", "2"])
 
     run = MLflowRun(
         tracking_uri=uri,
@@ -137,7 +137,7 @@ def test_handler_logs_into_one_run_and_marks_dead_runs(tmp_path, no_env_uri, mon
     assert logged.data.params["learning_rate"] == "0.1" and len(logged.data.params["dataset_digest"]) == 64
     assert logged.data.params["dataset_train_files"] == "1"
     assert logged.data.tags["version_monai"] and logged.data.tags[PID_TAG] == str(os.getpid())
-    assert logged.data.tags["command_line"] == "monai.bundle run --max_epochs 2"
+    assert logged.data.tags["command_line"] == "python -m monai.bundle run --max_epochs 2"
     assert "git_commit" in logged.data.tags or not (REPO / ".git").exists()
     configs = {Path(item.path).name for item in client.list_artifacts(run.run_id, "config")}
     assert configs == {path.name for path in (BUNDLE / "configs").iterdir()} and "train.json" in configs

@@ -240,7 +240,7 @@ class MLflowRun:
         from mlflow.entities import Param, RunTag
 
         run_id = self._run_id
-        command = shlex.join(sys.argv)
+        command = shlex.join(sys.orig_argv)
         tags = {
             HOST_TAG: host_name(),
             PID_TAG: str(os.getpid()),
