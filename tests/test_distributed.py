@@ -67,7 +67,7 @@ def test_rank_zero_handlers_drops_disabled_items_when_not_distributed():
 
 
 @pytest.mark.parametrize("bundle", BUNDLES, ids=lambda path: path.name)
-def test_every_handler_of_the_training_declares_where_it_runs(bundle):
+def test_every_handler_of_the_training_declares_where_it_runs(bundle, tmp_path):
     """Writers (logs, checkpoints, tracking) run on rank 0 only, what keeps the ranks in step runs on every rank.
 
     The lists are train.json's; multi_gpu_train.json passes them through ``rank_zero_handlers``.
@@ -75,6 +75,7 @@ def test_every_handler_of_the_training_declares_where_it_runs(bundle):
     parser = ConfigParser()
     parser.read_config(str(bundle / "configs" / "train.json"))
     parser["bundle_root"] = str(bundle)
+    parser["output_dir"], parser["ckpt_dir"] = str(tmp_path / "eval"), str(tmp_path / "models")
     for dataset in ("train#dataset", "validate#dataset"):
         parser[f"{dataset}#cache_rate"] = 0.0  # nothing is loaded
     handlers = [parser.get_parsed_content(f"{section}#{index}") for section in ("train#handlers", "validate#handlers")
