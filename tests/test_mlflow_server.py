@@ -24,7 +24,7 @@ import torch
 mlflow = pytest.importorskip("mlflow")
 nib = pytest.importorskip("nibabel")
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "hippocampus_unet25d_segmentation"
@@ -155,13 +155,11 @@ def test_run_logs_params_metrics_config_and_preview(trained, tmp_path):
     dice = run.data.metrics
     assert dice["val_mean_dice"] == pytest.approx((dice["val_dice_anterior"] + dice["val_dice_posterior"]) / 2)
 
+    assert f"--run_name {trained['names']['good']}" in tags["command_line"] and "--max_epochs 1" in tags["command_line"]
     config_file = mlflow.artifacts.download_artifacts(
-        run_id=run_id, artifact_path="config/resolved_config.json", dst_path=str(tmp_path), tracking_uri=trained["uri"]
+        run_id=run_id, artifact_path="config/train.json", dst_path=str(tmp_path), tracking_uri=trained["uri"]
     )
-    snapshot = json.loads(Path(config_file).read_text())
-    assert snapshot["config"]["max_epochs"] == 1  # the command-line override, not the file's 40
-    assert snapshot["resolved"]["ckpt_dir"] == str(trained["folder"] / "good" / "models")
-    assert snapshot["resolved"]["run_name"] == trained["names"]["good"]
+    assert Path(config_file).read_bytes() == (BUNDLE / "configs" / "train.json").read_bytes()
     preview = mlflow.artifacts.download_artifacts(
         run_id=run_id, artifact_path="previews/epoch_0001.png", dst_path=str(tmp_path), tracking_uri=trained["uri"]
     )
@@ -302,7 +300,7 @@ def test_embedded_default_from_another_directory_with_monai_tracking_flag(tmp_pa
     _train(tmp_path / "run", "--max_epochs", "1", "--tracking", "mlflow", uri=None, cwd=elsewhere)
     assert list(elsewhere.iterdir()) == []
     database = tmp_path / "run" / "eval" / "mlflow.db"
-    assert database.is_file() and (tmp_path / "run" / "eval" / "mlartifacts").is_dir()
+    assert database.is_file() and (tmp_path / "run" / "eval" / "mlruns").is_dir()
     client = mlflow.MlflowClient(f"sqlite:///{database}")
     runs = client.search_runs([client.get_experiment_by_name(NAME).experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"

@@ -42,7 +42,7 @@ from monailabel_utils import (
     start_orthanc,
 )
 
-pytestmark = [pytest.mark.monailabel, pytest.mark.slow]
+pytestmark = [pytest.mark.monailabel, pytest.mark.integration, pytest.mark.slow]
 
 MODEL = "hippocampus_unet25d_segmentation"
 RETRAIN_MODEL = f"{MODEL}_retrain"

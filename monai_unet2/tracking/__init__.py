@@ -1,8 +1,10 @@
 """monai_unet2.tracking: MLflow run tracking, model registry and serving for the bundles.
 
 - :func:`default_tracking_uri`, :func:`unique_run_name`: the tracking settings of ``train.json``.
-- :class:`TrackedMLFlowHandler`: MONAI's ``MLFlowHandler`` that survives a dead server, marks dead runs, logs
-  provenance and the resolved config; :class:`PredictionPreview`: preview PNGs of validation predictions.
+- :class:`MLflowRun`: the one run of a training process, shared by its handlers and part of the training state:
+  survives a dead server, marks dead runs, continues on resume, logs provenance and the bundle's configs.
+- :class:`TrackedMLFlowHandler`: MONAI's ``MLFlowHandler`` logging into that run through its failure guard;
+  :class:`PredictionPreview`: preview PNGs of validation predictions.
 - :class:`RegisterBestModel`: best checkpoint → registry version, aliases ``champion`` / ``challenger``.
 - :func:`load_model`, :func:`export_bundle`, :func:`local_weights`: registered versions back as a network, a bundle
   folder, or weights for ``CheckpointLoader``. ``python -m monai_unet2.tracking export-bundle URI DEST``.
@@ -16,10 +18,10 @@ from .bundle_model import (
     load_model,
     local_weights,
 )
-from .config_snapshot import active_config_parser, config_snapshot
-from .handlers import TrackedMLFlowHandler
+from .mlflow_handler import TrackedMLFlowHandler
 from .previews import PredictionPreview, render_preview
 from .registry import CHALLENGER, CHAMPION, RegisterBestModel, assign_alias, register_bundle_version
+from .run import MLflowRun
 from .settings import (
     configure_http_client,
     dataset_digest,
@@ -33,13 +35,12 @@ from .settings import (
 __all__ = [
     "CHALLENGER",
     "CHAMPION",
+    "MLflowRun",
     "PredictionPreview",
     "RegisterBestModel",
     "TrackedMLFlowHandler",
-    "active_config_parser",
     "assign_alias",
     "build_inference_parser",
-    "config_snapshot",
     "configure_http_client",
     "dataset_digest",
     "default_tracking_uri",

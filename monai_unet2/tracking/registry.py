@@ -21,7 +21,7 @@ from .bundle_model import BUNDLE_ARTIFACT, stage_bundle
 from .settings import git_commit, read_bundle_version
 
 if TYPE_CHECKING:
-    from .handlers import TrackedMLFlowHandler
+    from .run import MLflowRun
 
 __all__ = ["CHALLENGER", "CHAMPION", "RegisterBestModel", "assign_alias", "register_bundle_version"]
 
@@ -128,10 +128,10 @@ class RegisterBestModel:
 
     The version gets tags: every validation metric of the best epoch, ``key_metric``, ``epoch``, ``bundle_version``,
     ``git_commit``, ``run_id``; and the alias ``champion`` if it beats the current champion's key metric, else
-    ``challenger`` (:func:`assign_alias`).
+    ``challenger`` (:func:`assign_alias`). It runs on rank 0 only (``rank_zero_only``).
 
     Args:
-        mlflow_handler: the run's :class:`~monai_unet2.tracking.TrackedMLFlowHandler`.
+        mlflow_run: the :class:`~monai_unet2.tracking.MLflowRun` the versions belong to.
         validator: the evaluator whose key metric decides (``@validate#evaluator``).
         bundle_root: the bundle folder (configs and docs ship with the weights).
         registered_model_name: registry name, the bundle name.
@@ -139,9 +139,11 @@ class RegisterBestModel:
         greater_is_better: direction of the key metric.
     """
 
+    rank_zero_only = True
+
     def __init__(
         self,
-        mlflow_handler: TrackedMLFlowHandler,
+        mlflow_run: MLflowRun,
         validator: Any,
         bundle_root: str | os.PathLike,
         registered_model_name: str,
@@ -150,7 +152,7 @@ class RegisterBestModel:
     ) -> None:
         if register_every < 1:
             raise ValueError(f"RegisterBestModel: register_every must be >= 1, got {register_every}.")
-        self.mlflow_handler = mlflow_handler
+        self.mlflow_run = mlflow_run
         self.validator = validator
         self.bundle_root = Path(bundle_root)
         self.registered_model_name = registered_model_name
@@ -200,14 +202,14 @@ class RegisterBestModel:
 
     def register(self) -> None:
         """Log, register and alias the kept best weights (through the run's failure guard)."""
-        if self.best is None or self.mlflow_handler.run_id is None:
+        if self.best is None or self.mlflow_run.run_id is None:
             return
         self.best["registered"] = True
         self.last_registered_epoch = self.best["epoch"]
-        self.mlflow_handler.guarded("registering the best model", self._register, self.best)
+        self.mlflow_run.guarded("registering the best model", self._register, self.best)
 
     def _register(self, best: dict[str, Any]) -> None:
-        client, run_id = self.mlflow_handler.client, self.mlflow_handler.run_id
+        client, run_id = self.mlflow_run.client, self.mlflow_run.run_id
         key_metric = best["key_metric"]
         tags = {name: f"{value:.6f}" for name, value in best["metrics"].items()}
         tags.update(
@@ -215,7 +217,7 @@ class RegisterBestModel:
             epoch=str(best["epoch"]),
             bundle_version=read_bundle_version(self.bundle_root),
             run_id=run_id,
-            run_name=str(self.mlflow_handler.run_name),
+            run_name=str(self.mlflow_run.run_name),
             **git_commit(self.bundle_root),
         )
         version = register_bundle_version(
