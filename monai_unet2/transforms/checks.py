@@ -16,12 +16,12 @@ import logging
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from monai.utils import ensure_tuple_rep
 
+from monai_unet2.data.affines import grid_distance_mm
 from monai_unet2.data.volumes import VolumeFileError
 
 __all__ = ["CheckVolumeD", "CheckVolumeDict", "CheckVolumed", "grid_distance_mm"]
@@ -29,31 +29,6 @@ __all__ = ["CheckVolumeD", "CheckVolumeDict", "CheckVolumed", "grid_distance_mm"
 logger = logging.getLogger(__name__)
 
 NONFINITE_POLICIES = (False, "zero")
-
-
-def grid_distance_mm(affine_a: Any, affine_b: Any, spatial_shape: Sequence[int]) -> float:
-    """The largest distance (in world units, mm for NIfTI/DICOM) between where two affines put the same voxel,
-    over a grid of ``spatial_shape``.
-
-    The displacement between two affine maps is itself affine, so its largest norm over the grid's bounding box is
-    reached at one of the ``2 ** spatial_dims`` corner voxels; those are the only points evaluated.
-
-    Args:
-        affine_a: voxel-to-world matrix, ``(r + 1, r + 1)``.
-        affine_b: voxel-to-world matrix of the same size.
-        spatial_shape: grid size; corners are the voxel centres ``0`` and ``size - 1`` along each axis.
-    """
-    a = np.asarray(affine_a.detach().cpu() if isinstance(affine_a, torch.Tensor) else affine_a, dtype=np.float64)
-    b = np.asarray(affine_b.detach().cpu() if isinstance(affine_b, torch.Tensor) else affine_b, dtype=np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"affines of different sizes: {a.shape} and {b.shape}")
-    rank = a.shape[0] - 1
-    extents = [max(int(size) - 1, 0) for size in spatial_shape][:rank]
-    extents += [0] * (rank - len(extents))
-    corners = np.array(np.meshgrid(*[[0, extent] for extent in extents], indexing="ij")).reshape(rank, -1)
-    homogeneous = np.vstack([corners, np.ones((1, corners.shape[1]))])
-    displacement = (a - b)[:rank] @ homogeneous
-    return float(np.linalg.norm(displacement, axis=0).max())
 
 
 def _filename(value: Any, key: Hashable) -> str:
