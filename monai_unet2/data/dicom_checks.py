@@ -33,16 +33,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-NON_IMAGE_MODALITIES = {"SEG", "SR", "RTSTRUCT", "RTPLAN", "RTRECORD", "KO", "PR", "REG", "DOC", "FID", "PLAN"}
-NON_IMAGE_SOP_CLASS_PREFIXES = (
-    "1.2.840.10008.5.1.4.1.1.66",  # raw data, spatial registration, segmentation, surface segmentation
-    "1.2.840.10008.5.1.4.1.1.88",  # structured reports, key object selection
-    "1.2.840.10008.5.1.4.1.1.11",  # presentation states
-    "1.2.840.10008.5.1.4.1.1.481",  # RT objects (structure sets, plans, dose)
-    "1.2.840.10008.5.1.4.1.1.104",  # encapsulated documents
-    "1.2.840.10008.1.3.10",  # media storage directory (DICOMDIR)
-)
-
 
 class DicomSeriesError(ValueError):
     """A DICOM folder or series cannot be turned into an undistorted volume; the message names where and why."""

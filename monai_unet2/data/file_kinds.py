@@ -168,6 +168,10 @@ def sniff(path: str | os.PathLike) -> FileKind:
             return FileKind(None, "unreadable", "a folder that cannot be listed (permission denied)")
         if has_dicom:
             return FileKind("dicom", "dicom_folder", "a DICOM folder")
+        subfolders = sorted(entry.name for entry in os.scandir(name) if entry.is_dir())
+        if subfolders:
+            shown = ", ".join(subfolders[:3]) + (", ..." if len(subfolders) > 3 else "")
+            return FileKind(None, "folder", f"a folder without DICOM files; its sub-folders ({shown}) are not searched")
         return FileKind(None, "folder", "a folder without DICOM files")
     mode = os.stat(name).st_mode
     if not stat.S_ISREG(mode):

@@ -173,6 +173,14 @@ class Image2DReader(PILReader):
                 image.load()
             except (OSError, SyntaxError, ValueError) as error:
                 raise VolumeFileError(f"{path}: truncated or corrupt image data ({error})") from error
+            orientation = image.getexif().get(0x0112, 1)
+            if orientation not in (0, 1):
+                logger.warning(
+                    "%s: EXIF orientation %s: the pixels are read as stored, not rotated; viewers that apply it show "
+                    "the image turned against its segmentation",
+                    path,
+                    orientation,
+                )
             image.filename = path
             images.append(image)
         return images if len(images) > 1 else images[0]

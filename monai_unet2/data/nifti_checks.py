@@ -33,18 +33,11 @@ _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _scaling_problem(image: Any) -> str | None:
-    header = image.header
-    try:
-        slope, intercept = header.get_slope_inter()
-    except Exception:  # MGH and others have no scaling
+    # nibabel moves scl_slope / scl_inter from the header into the array proxy when it loads a file
+    slope = float(getattr(image.dataobj, "slope", 1.0))
+    intercept = float(getattr(image.dataobj, "inter", 0.0))
+    if slope == 1.0 and intercept == 0.0:
         return None
-    if slope is None and intercept is None:
-        raw_slope = header.get("scl_slope") if hasattr(header, "get") else None
-        if raw_slope is not None and np.isinf(float(raw_slope)):
-            return f"scl_slope is {float(raw_slope)}: its stored values cannot be scaled"
-        return None
-    slope = 1.0 if slope is None else float(slope)
-    intercept = 0.0 if intercept is None else float(intercept)
     if not (np.isfinite(slope) and np.isfinite(intercept)):
         return f"scl_slope {slope:g} and scl_inter {intercept:g} are not finite: its stored values cannot be scaled"
     stored = image.get_data_dtype()

@@ -73,9 +73,10 @@ class SafeLoadImage(LoadImage):
     :class:`~monai_unet2.data.VolumeFileError` ``"<path>: cannot read image (<cause>: <original error>)"``, chained to
     the original; errors that already name the file (``VolumeFileError``, ``DicomSeriesError``) pass through.
 
-    ``reader`` and ``args`` / ``kwargs`` are ``LoadImage``'s, with one difference: the keyword arguments go to the
-    given ``reader`` only. ``LoadImage`` also passes them to each of MONAI's default readers, which forward unknown
-    keywords to their library (``nibabel.load(path, allow_duplicates=...)``) and then fail on every other input.
+    ``reader`` and ``args`` / ``kwargs`` are ``LoadImage``'s, with one difference: when a reader class or name is
+    given, the arguments go to that reader only. ``LoadImage`` also passes them to each of MONAI's default readers,
+    which forward unknown keywords to their library (``nibabel.load(path, allow_duplicates=...)``) and then fail on
+    every other input. Arguments given with a reader instance are an error (``LoadImage`` ignores them).
 
     Args:
         reader: reader(s) to register (class, dotted name or instance); the content decides which one reads an input.
@@ -108,16 +109,33 @@ class SafeLoadImage(LoadImage):
         qform_sform_tolerance: float = DEFAULT_QFORM_SFORM_TOLERANCE,
         **kwargs: Any,
     ) -> None:
-        super().__init__(
-            None, image_only, dtype, ensure_channel_first, simple_keys, prune_meta_pattern, prune_meta_sep, expanduser
+        defaults = (
+            image_only,
+            dtype,
+            ensure_channel_first,
+            simple_keys,
+            prune_meta_pattern,
+            prune_meta_sep,
+            expanduser,
         )
+        if reader is None:
+            super().__init__(None, *defaults, *args, **kwargs)
+        else:
+            super().__init__(None, *defaults)
         for given in ensure_tuple(reader) if reader is not None else ():
             if isinstance(given, str):
                 found, builtin = optional_import("monai.data", name=given)
                 given = found if builtin else locate(given)
                 if given is None:
                     raise ValueError(f"SafeLoadImage: unknown reader {reader!r}")
-            self.register(given(*args, **kwargs) if inspect.isclass(given) else given)
+            if inspect.isclass(given):
+                given = given(*args, **kwargs)
+            elif args or kwargs:
+                raise ValueError(
+                    f"SafeLoadImage: reader arguments {list(kwargs) or list(args)} given with a reader instance "
+                    f"({type(given).__name__}) would be ignored: pass them to the reader itself"
+                )
+            self.register(given)
         self.memory_per_voxel = memory_per_voxel
         self.max_memory_fraction = max_memory_fraction
         self.target_spacing = target_spacing
