@@ -52,7 +52,8 @@ def build_nifti(folder: Path, filename: str, name: str | None = None, **change: 
     ``dtype`` ("complex64", "rgb"), ``affine`` ("zero_column", "nan", "qform_sform_50mm", "no_codes"), ``zooms``
     (voxel size in mm), ``shift`` (mm along x), ``scaling`` ((slope, intercept) on int8 values), ``frames`` (a 4D
     copy), ``nan_voxels`` (count), ``crop`` (index), ``cut_bytes`` (remove from the end), ``big_endian``,
-    ``nifti2``; ``name`` renames the written file (e.g. an uncompressed file named ``.nii.gz``).
+    ``nifti2``, ``pair`` (a .hdr/.img pair; ``filename`` ends in .img), ``dim1`` (written into dim[1] of an
+    uncompressed file); ``name`` renames the written file (e.g. an uncompressed file named ``.nii.gz``).
     """
     source = nib.load(LABEL_NIFTI if change.get("label") else CASE_NIFTI)
     array, affine = np.asarray(source.dataobj), source.affine.copy()
@@ -70,7 +71,7 @@ def build_nifti(folder: Path, filename: str, name: str | None = None, **change: 
     if "zooms" in change:
         affine = affine @ np.diag([change["zooms"]] * 3 + [1.0])
     affine[0, 3] += change.get("shift", 0.0)
-    image_class = nib.Nifti2Image if change.get("nifti2") else nib.Nifti1Image
+    image_class = nib.Nifti2Image if change.get("nifti2") else nib.Nifti1Pair if change.get("pair") else nib.Nifti1Image
     image = image_class(array, None)
     broken = affine.copy()
     if change.get("affine") == "zero_column":
@@ -95,6 +96,10 @@ def build_nifti(folder: Path, filename: str, name: str | None = None, **change: 
         header = nib.Nifti1Header(raw[:348])
         header["scl_slope"], header["scl_inter"] = change["scaling"]
         path.write_bytes(gzip.compress(header.binaryblock + raw[348:]))
+    if "dim1" in change:
+        raw = bytearray(path.read_bytes())
+        raw[42:44] = np.int16(change["dim1"]).tobytes()
+        path.write_bytes(bytes(raw))
     if "cut_bytes" in change:
         path.write_bytes(path.read_bytes()[: -change["cut_bytes"]])
     if name is not None:
@@ -164,11 +169,23 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
 
+def _write_png(path: Path, header: bytes, idat: bytes) -> None:
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+    )
+
+
 def build_png(
-    folder: Path, filename: str, kind: str = "rgb", truncate: float | None = None, name: str | None = None
+    folder: Path,
+    filename: str,
+    kind: str = "rgb",
+    truncate: float | None = None,
+    name: str | None = None,
+    flip_byte: int | None = None,
 ) -> Path:
-    """A 2D image from the pixels of a committed CT slice: ``kind`` "rgb" (three windows), "grey16", "palette",
-    "jpeg", "tiny" (1 x 1), "multiframe" (3-page TIFF) or "bomb" (a PNG header declaring 50000 x 50000)."""
+    """A 2D image from the pixels of a committed CT slice: ``kind`` "rgb" (three windows), "grey16", "rgb16"
+    (16 bits per channel), "palette", "jpeg", "tiny" (1 x 1), "multiframe" (3-page TIFF) or "bomb" (a PNG header
+    declaring 50000 x 50000); ``truncate`` keeps a fraction of the bytes, ``flip_byte`` inverts one byte."""
     path = folder / filename
     pixels = _ct_pixels()
     windows = [(pixels.astype(np.float64) - low) / width for low, width in ((900, 400), (1000, 1500), (2000, 2400))]
@@ -186,14 +203,20 @@ def build_png(
         frames[0].save(path, format="TIFF", save_all=True, append_images=frames[1:])
     elif kind == "bomb":
         header = struct.pack(">IIBBBBB", 50_000, 50_000, 8, 0, 0, 0, 0)
-        idat = zlib.compress(b"\0" * 64)
-        path.write_bytes(
-            b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
-        )
+        _write_png(path, header, zlib.compress(b"\0" * 64))
+    elif kind == "rgb16":
+        height, width = pixels.shape
+        header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+        rows = np.repeat((pixels.astype(np.uint32) * 14).astype(">u2")[..., None], 3, axis=-1).reshape(height, -1)
+        _write_png(path, header, zlib.compress(b"".join(b"\0" + row.tobytes() for row in rows)))
     else:
         Image.fromarray(rgb).save(path, format="PNG")
     if truncate is not None:
         path.write_bytes(path.read_bytes()[: int(path.stat().st_size * truncate)])
+    if flip_byte is not None:
+        payload = bytearray(path.read_bytes())
+        payload[flip_byte] ^= 0xFF
+        path.write_bytes(bytes(payload))
     if name is not None:
         path = path.rename(folder / name)
     return path

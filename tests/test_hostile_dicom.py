@@ -280,3 +280,19 @@ def test_dicom_content_under_a_nifti_name_and_a_folder_without_dicom(tmp_path):
     with pytest.raises(VolumeFileError) as caught:
         SafeLoadImaged("image")({"image": str(tmp_path / "empty_series")})
     assert str(caught.value) == f"{tmp_path / 'empty_series'}: cannot read image (a folder without DICOM files)"
+
+
+def test_empty_and_text_files_named_dcm_in_a_series_are_named_for_what_they_are(tmp_path):
+    _copy(tmp_path, CT3_FILES)
+    (tmp_path / "zero.dcm").touch()
+    with pytest.raises(DicomSeriesError) as caught:
+        _load(tmp_path)
+    assert (
+        str(caught.value)
+        == f"DICOM folder {tmp_path}: file {tmp_path / 'zero.dcm'} is not DICOM: it is an empty file (0 bytes)"
+    )
+    (tmp_path / "zero.dcm").unlink()
+    (tmp_path / "readme.dcm").write_text("exported by the PACS\n")
+    with pytest.raises(DicomSeriesError) as caught:
+        _load(tmp_path)
+    assert str(caught.value).endswith("readme.dcm is not DICOM: it is a text file (starting 'exported by the PACS')")

@@ -18,6 +18,7 @@ from monai_unet2.data.images2d import Image2DReader
 from monai_unet2.transforms import CheckVolumed, SafeLoadImaged
 
 CT_SLICE = Path(__file__).resolve().parent / "data" / "dicom" / "dcmqi_ct3slice" / "ct" / "01.dcm"
+DRIVE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "drive" / "training"
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +144,21 @@ def test_image_too_small_for_the_network_is_refused(tmp_path, rgb):
     assert tuple(check(data)["image"].shape) == (3, 40, 32)
 
 
+def test_damaged_png_header_and_truncated_jpeg_are_named(tmp_path, rgb):
+    damaged = tmp_path / "damaged.png"
+    Image.fromarray(rgb).save(damaged)
+    payload = bytearray(damaged.read_bytes())
+    payload[29] ^= 0xFF  # inside IHDR: its CRC no longer matches
+    damaged.write_bytes(bytes(payload))
+    assert refusal(damaged).startswith(
+        f"{damaged}: cannot read image (damaged image header, or an image variant PIL does not read"
+    )
+    cut = tmp_path / "cut.jpg"
+    Image.fromarray(rgb).save(cut, format="JPEG")
+    cut.write_bytes(cut.read_bytes()[:500])
+    assert refusal(cut) == f"{cut}: cannot read image (truncated image data: OSError: Truncated File Read)"
+
+
 def test_content_decides_not_the_suffix(tmp_path, rgb):
     jpeg_named_png = tmp_path / "photo.png"
     Image.fromarray(rgb).save(jpeg_named_png, format="JPEG", quality=95)
@@ -152,3 +168,38 @@ def test_content_decides_not_the_suffix(tmp_path, rgb):
     text = tmp_path / "notes.png"
     text.write_text("not an image")
     assert refusal(text) == f"{text}: cannot read image (a text file (starting 'not an image'))"
+
+
+@pytest.mark.skipif(not DRIVE.is_dir(), reason="DRIVE not present at ../shared/data/drive")
+def test_proposed_drive_loaders_give_the_current_arrays_on_drive():
+    """The loaders proposed for the DRIVE configs read the real DRIVE files (RGB TIFF, greyscale GIF label and mask)
+    into exactly the arrays the current PILReader loaders give, so training and inference are unchanged on them."""
+    from monai.transforms import Compose
+
+    from monai_unet2.data import paired_datalist
+
+    keys = ["image", "label", "mask"]
+    current = Compose([LoadImaged(keys, reader="PILReader"), EnsureChannelFirstd(keys)])
+    current_inference = LoadImaged("image", reader="PILReader", converter=lambda image: image.convert("RGB"))
+    proposed = Compose(
+        [
+            SafeLoadImaged("image", reader=Image2DReader(channels=3)),
+            SafeLoadImaged(["label", "mask"], reader=Image2DReader(channels=1)),
+            EnsureChannelFirstd(keys),
+            CheckVolumed(
+                keys,
+                label_key="label",
+                expected_labels=[0, 255],
+                expected_spatial_dims=2,
+                expected_channels=[3, 1, 1],
+                min_spatial_size=32,
+            ),
+        ]
+    )
+    for case in paired_datalist(DRIVE / "images", DRIVE / "1st_manual", DRIVE / "mask")[:3]:
+        before, after = current(dict(case)), proposed(dict(case))
+        for key in keys:
+            assert before[key].shape == after[key].shape
+            assert np.array_equal(before[key].numpy(), after[key].numpy())
+        inference = current_inference({"image": case["image"]})["image"].numpy()
+        assert np.array_equal(np.moveaxis(inference, -1, 0), after["image"].numpy())

@@ -48,6 +48,15 @@ def test_nifti_is_read_by_nibabel_without_trying_the_dicom_reader_first(caplog, 
     assert sniff(CASE).kind == "nifti1_gz"
 
 
+def test_monai_label_style_loader_returns_image_and_metadata(volume):
+    """MONAI Label's bundle task sets ``_loader.image_only = False`` on every LoadImaged of a bundle's pipeline."""
+    load = SafeLoadImaged("image", reader=INFERENCE_READER)
+    load._loader.image_only = False
+    data = load({"image": str(CASE)})
+    np.testing.assert_array_equal(data["image"].numpy(), volume[0])
+    assert data["image_meta_dict"]["filename_or_obj"] == str(CASE)
+
+
 def test_names_and_contents_that_disagree(tmp_path, volume):
     text = tmp_path / "notes.nii.gz"
     text.write_text("patient list, not an image\n")
@@ -250,6 +259,29 @@ def test_uncompressed_header_promising_more_than_the_file_holds(tmp_path, volume
     assert refusal(path) == (
         f"{path}: cannot read image (file shorter than its header says (truncated): {size:,} bytes, the header "
         f"needs {size + 7:,})"
+    )
+
+
+def test_negative_size_in_the_header_is_refused(tmp_path, volume):
+    array, affine = volume
+    path = tmp_path / "negative.nii"
+    nib.save(nib.Nifti1Image(array, affine), path)
+    raw = bytearray(path.read_bytes())
+    raw[42:44] = np.int16(-5).tobytes()  # dim[1]
+    path.write_bytes(bytes(raw))
+    assert refusal(path) == f"{path}: its header declares a negative size, shape (-5, 52, 38)"
+
+
+def test_hdr_img_pair_is_read_from_either_name_and_a_short_img_is_named(tmp_path, volume):
+    array, affine = volume
+    nib.save(nib.Nifti1Pair(array, affine), tmp_path / "pair.img")
+    for name in ("pair.img", "pair.hdr"):
+        image = SafeLoadImaged("image", reader=INFERENCE_READER)({"image": str(tmp_path / name)})["image"]
+        np.testing.assert_array_equal(image.numpy(), array)
+    os.truncate(tmp_path / "pair.img", 1000)
+    assert refusal(tmp_path / "pair.hdr") == (
+        f"{tmp_path / 'pair.hdr'}: cannot read image (data file {tmp_path / 'pair.img'} shorter than its header says "
+        f"(truncated): 1,000 bytes, the header needs {array.size * 4:,})"
     )
 
 

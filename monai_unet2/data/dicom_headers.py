@@ -23,6 +23,7 @@ from pydicom.uid import UID
 
 from monai_unet2.data.dicom_checks import DicomSeriesError, SliceHeader
 from monai_unet2.data.dicom_geometry import functional_value
+from monai_unet2.data.file_kinds import sniff
 
 __all__ = ["read_file_headers"]
 
@@ -203,6 +204,9 @@ def read_file_headers(path: str, folder: str) -> tuple[list[SliceHeader], str | 
             warnings.simplefilter("always")
             ds = pydicom.dcmread(path, defer_size="64 KB")
     except Exception as e:  # pydicom raises many types for corrupt files
+        kind = sniff(path)
+        if kind.family != "dicom":
+            raise DicomSeriesError(f"DICOM folder {folder}: file {path} is not DICOM: it is {kind.description}") from e
         raise DicomSeriesError(f"DICOM folder {folder}: file {path} could not be read: {e}") from e
     for w in caught:
         if "end of file" in str(w.message).lower():

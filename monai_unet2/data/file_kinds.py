@@ -185,6 +185,9 @@ def sniff(path: str | os.PathLike) -> FileKind:
         return FileKind(None, "unreadable", f"not readable ({error.strerror or error})")
     if not head:
         return FileKind(None, "empty", "an empty file (0 bytes)")
+    partner = re.sub(r"\.img(\.gz)?$", r".hdr\1", name, flags=re.IGNORECASE)
+    if partner != name and os.path.isfile(partner):  # the voxels of a .hdr/.img pair: its header says what it is
+        return sniff(partner)
     if head.startswith(b"\x1f\x8b"):
         inner = _gzip_head(name)
         if not inner:

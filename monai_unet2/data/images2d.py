@@ -79,6 +79,12 @@ def image_problem(path: PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -
     return None
 
 
+def _png_bit_depth(path: str) -> int | None:
+    with open(path, "rb") as stream:
+        head = stream.read(26)
+    return head[24] if len(head) == 26 and head[12:16] == b"IHDR" else None
+
+
 def _greyscale_palette(image: Image.Image) -> bool:
     palette = np.asarray(image.getpalette() or [], dtype=np.int64).reshape(-1, 3)
     return bool(palette.size) and bool(
@@ -173,6 +179,8 @@ class Image2DReader(PILReader):
                 image.load()
             except (OSError, SyntaxError, ValueError) as error:
                 raise VolumeFileError(f"{path}: truncated or corrupt image data ({error})") from error
+            if image.format == "PNG" and image.mode in ("RGB", "RGBA") and _png_bit_depth(path) == 16:
+                logger.warning("%s: a 16-bit colour PNG: PIL reads it at 8 bits per channel (the high bytes)", path)
             orientation = image.getexif().get(0x0112, 1)
             if orientation not in (0, 1):
                 logger.warning(

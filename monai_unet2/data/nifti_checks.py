@@ -82,13 +82,16 @@ def _qform_sform_warning(path: str, image: Any, tolerance: float) -> None:
 
 
 def _truncation(path: str, image: Any) -> str | None:
-    if path.lower().endswith(".gz") or not hasattr(image.dataobj, "offset"):
+    holder = getattr(image, "file_map", {}).get("image")
+    data_file = getattr(holder, "filename", None) or path  # the .img of a .hdr/.img pair
+    if str(data_file).lower().endswith(".gz") or not hasattr(image.dataobj, "offset"):
         return None
     expected = int(image.dataobj.offset) + int(np.prod(image.shape)) * image.get_data_dtype().itemsize
-    size = os.path.getsize(path)
+    size = os.path.getsize(data_file)
     if size < expected:
+        which = "file" if os.path.samefile(data_file, path) else f"data file {data_file}"
         return (
-            f"cannot read image (file shorter than its header says (truncated): {size:,} bytes, the header needs "
+            f"cannot read image ({which} shorter than its header says (truncated): {size:,} bytes, the header needs "
             f"{expected:,})"
         )
     return None
@@ -118,6 +121,8 @@ def nifti_problem(path: str, qform_sform_tolerance: float = DEFAULT_QFORM_SFORM_
             f"its voxels are complex ({dtype}); reading it as real intensities would drop the imaginary part: store "
             "the magnitude (or the real and imaginary parts as separate files)"
         )
+    if any(int(size) < 0 for size in image.shape):
+        return f"its header declares a negative size, shape {tuple(int(size) for size in image.shape)}"
     problem = affine_problem(image.affine)
     if problem is not None:
         return problem

@@ -131,7 +131,10 @@ def header_problem(
             except Exception as error:  # nibabel cannot parse the header
                 return describe_read_error(path, error)
         elif family == "image2d":
-            problem = image_problem(path, max_pixels)
+            try:
+                problem = image_problem(path, max_pixels)
+            except Exception as error:  # PIL cannot even parse the header
+                return describe_read_error(path, error)
         else:
             problem = None
         if problem is not None:

@@ -82,8 +82,10 @@ def describe_read_error(filename: Any, error: BaseException) -> str:
         cause = "permission denied"
     elif isinstance(error, IsADirectoryError):
         cause = "a folder, not a file"
-    elif isinstance(error, OSError) and "truncated" in str(error):
+    elif isinstance(error, OSError) and "truncated" in str(error).lower():
         cause = "truncated image data"
+    elif type(error).__name__ == "UnidentifiedImageError":
+        cause = "damaged image header, or an image variant PIL does not read"
     elif isinstance(error, OSError) and "bytes" in str(error):
         cause = "file shorter than its header says (truncated)"
     elif isinstance(error, RuntimeError) and "cannot find a suitable reader" in str(error):
