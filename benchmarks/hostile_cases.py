@@ -160,7 +160,11 @@ CASES: list[Case] = [
         lambda d: build_nifti(d, "noorient.nii.gz", affine="no_codes"),
         check=_warned("no orientation"),
     ),
-    Case("NIfTI 40 mm voxels (4.2 billion voxels at 1 mm)", "refused", lambda d: build_nifti(d, "coarse.nii.gz", zooms=40.0)),
+    Case(
+        "NIfTI 40 mm voxels (4.2 billion voxels at 1 mm)",
+        "refused",
+        lambda d: build_nifti(d, "coarse.nii.gz", zooms=40.0),
+    ),
     Case(
         "single-slice NIfTI, whole inference",
         "processed",
