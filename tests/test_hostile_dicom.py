@@ -158,6 +158,27 @@ def test_two_series_of_equal_size_are_refused_naming_both(tmp_path, ct3):
     assert data["image"].meta["SeriesInstanceUID"] == original
 
 
+def test_series_uid_from_the_bundle_command_line_reaches_the_reader(tmp_path, ct3):
+    """``--preprocessing#transforms#0#series_uid <uid>`` on the hippocampus inference config: SafeLoadImaged gives
+    it to DicomSeriesReader only, so NIfTI inputs of the same run still load."""
+    from monai.bundle import ConfigParser
+
+    bundle = Path(__file__).resolve().parents[1] / "bundles" / "hippocampus_unet25d_segmentation"
+    _copy(tmp_path / "two", CT3_FILES)
+    for index, source in enumerate(CT3_FILES):
+        ds = pydicom.dcmread(source)
+        ds.SeriesInstanceUID, ds.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.78", generate_uid()
+        ds.save_as(tmp_path / "two" / f"other_{index}.dcm")
+    parser = ConfigParser()
+    parser.read_config(bundle / "configs" / "inference.json")
+    parser.update({"bundle_root": str(bundle), "preprocessing#transforms#0#series_uid": "1.2.826.0.1.3680043.8.498.78"})
+    preprocessing = parser.get_parsed_content("preprocessing")
+    image = preprocessing({"image": str(tmp_path / "two")})["image"]
+    assert image.meta["SeriesInstanceUID"] == "1.2.826.0.1.3680043.8.498.78"
+    nifti = bundle / "sample_data" / "imagesTr" / "hippocampus_004.nii.gz"
+    assert preprocessing({"image": str(nifti)})["image"].shape[0] == 1
+
+
 def _enhanced(target: Path, files=CT20_FILES) -> Path:
     """An enhanced multi-frame CT made from the single-frame series by highdicom's legacy converter. The source files
     keep SOPClassUID / SOPInstanceUID in their file meta only; copies get them in the data set, as the converter

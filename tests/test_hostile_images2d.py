@@ -159,6 +159,11 @@ def test_damaged_png_header_and_truncated_jpeg_are_named(tmp_path, rgb):
     assert refusal(cut) == f"{cut}: cannot read image (truncated image data: OSError: Truncated File Read)"
 
 
+def test_reader_arguments_with_a_reader_instance_are_an_error():
+    with pytest.raises(ValueError, match=r"reader arguments \['channels'\] given with a reader instance"):
+        SafeLoadImaged("image", reader=Image2DReader(), channels=3)
+
+
 def test_content_decides_not_the_suffix(tmp_path, rgb):
     jpeg_named_png = tmp_path / "photo.png"
     Image.fromarray(rgb).save(jpeg_named_png, format="JPEG", quality=95)
