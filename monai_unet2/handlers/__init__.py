@@ -11,15 +11,20 @@ from .checkpoints import (
 from .metrics import class_output_transform
 from .progress import EpochProgressBar
 from .references import handler_reference
+from .weights import SafeCheckpointLoader, WeightsFileError, describe_weights_error, load_weights
 
 __all__ = [
     "AtomicCheckpointSaver",
     "BestMetricState",
     "EpochProgressBar",
+    "SafeCheckpointLoader",
     "TrainingStateError",
     "TrainingStateLoader",
     "TrainingStateSaver",
+    "WeightsFileError",
     "class_output_transform",
+    "describe_weights_error",
     "handler_reference",
+    "load_weights",
     "save_checkpoint_atomically",
 ]

@@ -1,0 +1,119 @@
+"""BatchEvaluator: MONAI's ``SupervisedEvaluator`` that survives a bad case, for inference and evaluation over folders.
+
+MONAI's engines end the run at the first exception, as nnU-Net's prediction does: in a folder of 13 inputs with one
+bad file, 3 outputs were kept, 9 good inputs never ran, and nothing listed what failed. An overnight run over 1,000
+studies must not stop at the first damaged series. :class:`BatchEvaluator` runs every case; a case whose loading
+fails (recorded by :class:`~monai_unet2.engines.IsolatedCases`) or whose inference, post-processing or writing raises
+is logged with its one-line reason and left out of the metrics, and the next case runs. At the end, if any case
+failed, :class:`~monai_unet2.engines.BatchFailedError` lists each failed input with its reason (so that
+``python -m monai.bundle run`` exits non-zero with that list as its last lines, see
+:func:`~monai_unet2.engines.report_refusals`). ``stop_on_error=True`` restores MONAI's behaviour: the first failure
+ends the run, with :class:`~monai_unet2.engines.CaseFailedError` naming the input.
+
+A failed case skips the handlers of ``Events.ITERATION_COMPLETED`` (metrics, metric savers, progress), which would
+otherwise read an output that does not exist; when no case succeeded, ``Events.EPOCH_COMPLETED`` is skipped too
+(there is nothing to aggregate). Every other event fires as usual.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from ignite.engine import Events
+from monai.engines import SupervisedEvaluator
+from monai.utils import CommonKeys
+
+from monai_unet2.engines.datasets import IsolatedCases, case_source, failures_in
+from monai_unet2.engines.failures import BatchFailedError, CaseFailedError, CaseFailure
+
+__all__ = ["BatchEvaluator"]
+
+logger = logging.getLogger(__name__)
+
+
+def _batch_sources(batch: Any, source_key: str, iteration: int) -> str:
+    value = batch.get(source_key) if isinstance(batch, Mapping) else None
+    names = getattr(value, "meta", {}).get("filename_or_obj") if value is not None else None
+    if names is None and value is not None and not isinstance(value, torch.Tensor):
+        names = value
+    if names is None:
+        return f"case {iteration}"
+    names = list(names) if isinstance(names, (list, tuple)) else [names]
+    return ", ".join(case_source(name) for name in names)
+
+
+class BatchEvaluator(SupervisedEvaluator):
+    """``monai.engines.SupervisedEvaluator`` that reports a failing case and goes on (see the module docstring).
+
+    Takes every argument of ``SupervisedEvaluator``, plus:
+
+    Args:
+        args: positional arguments of ``SupervisedEvaluator`` (``device``, ``val_data_loader``, ...).
+        stop_on_error: end the run at the first failing case (MONAI's behaviour) instead of going on.
+        source_key: the key of the input in the batches, to name a failed case (its ``filename_or_obj``).
+        kwargs: keyword arguments of ``SupervisedEvaluator``.
+
+    Attributes:
+        failures: the failed cases of the last run, in order.
+        processed: the number of cases of the last run that went through.
+    """
+
+    def __init__(self, *args: Any, stop_on_error: bool = False, source_key: str = CommonKeys.IMAGE, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        loader = self.data_loader
+        if isinstance(getattr(loader, "dataset", None), IsolatedCases) and getattr(loader, "batch_size", 1) != 1:
+            raise ValueError("BatchEvaluator over IsolatedCases needs batch_size=1: a batch is one case")
+        self.stop_on_error = bool(stop_on_error)
+        self.source_key = source_key
+        self.failures: list[CaseFailure] = []
+        self.processed = 0
+        self._case_failed = False
+
+    def run(self, global_epoch: int = 1) -> None:
+        """Run every case; raise :class:`~monai_unet2.engines.BatchFailedError` at the end when any failed.
+
+        Args:
+            global_epoch: the trainer's epoch when validating during training.
+        """
+        self.failures, self.processed = [], 0
+        super().run(global_epoch)
+        if self.failures:
+            total = self.processed + len(self.failures)
+            raise BatchFailedError(self.failures, total)
+
+    def _iteration(self, engine: SupervisedEvaluator, batchdata: dict[str, torch.Tensor]) -> dict:
+        recorded = failures_in(batchdata)
+        if recorded:
+            for failure in recorded:
+                self._fail(failure, None)
+            return {}
+        try:
+            output = super()._iteration(engine, batchdata)
+        except Exception as error:
+            source = _batch_sources(batchdata, self.source_key, engine.state.iteration)
+            self._fail(CaseFailure.from_error(source, error), error)
+            return {}
+        self.processed += 1
+        return output
+
+    def _fail(self, failure: CaseFailure, error: BaseException | None) -> None:
+        if self.stop_on_error:
+            raise CaseFailedError(failure) from error
+        self.failures.append(failure)
+        self._case_failed = True
+        logger.error(f"input failed, going on with the next one: {failure.reason}")
+        logger.error(f"traceback of the failed input {failure.source}:\n{failure.details}", extra={"file_only": True})
+
+    def _fire_event(self, event_name: Any, *event_args: Any, **event_kwargs: Any) -> None:
+        skip = (event_name == Events.ITERATION_COMPLETED and self._case_failed) or (
+            event_name == Events.EPOCH_COMPLETED and self.failures and not self.processed
+        )
+        if event_name == Events.ITERATION_COMPLETED:
+            self._case_failed = False
+        if skip:
+            self.last_event_name = event_name
+            return
+        super()._fire_event(event_name, *event_args, **event_kwargs)
