@@ -12,7 +12,7 @@ runs these checks on the datalist of an inference config, in this order, and ret
 2. every other entry of the folder is logged as skipped, with what it holds (hidden files at INFO level);
 3. no two inputs share an output and no output replaces an input
    (:func:`~monai_unet2.data.outputs.check_output_names`);
-4. the output folder exists or can be created, and a file can be written in it;
+4. the output folder exists or can be created, a file can be written in it, and no output name is taken by a folder;
 5. with ``resume``, inputs whose outputs are finished (they open and fit their input) are left out
    (:func:`~monai_unet2.data.pending_inputs`); without it, outputs of an earlier run that will be replaced are
    counted in the log.
@@ -166,7 +166,8 @@ def batch_datalist(
         escapes = _escapes(root, inputs)
         if escapes and not allow_outside_root:
             raise DatalistError(
-                f"input(s) reached through symbolic links out of the input folder {root}: {'; '.join(escapes)}. "
+                f"input(s) outside the input folder {root} (symbolic links that leave it: link -> target): "
+                f"{'; '.join(escapes)}. "
                 "Inputs are read only from inside --dataset_dir: copy the files in, or pass --allow_outside_root True "
                 "if these links are intended"
             )
@@ -174,13 +175,19 @@ def batch_datalist(
             _report_skipped(listing, inputs)
     check_output_names(datalist, output_dir, output_postfix, output_format, image_key)
     check_writable(output_dir)
-    if resume:
-        return pending_inputs(datalist, output_dir, output_postfix, output_format, image_key)
-    existing = sum(
-        os.path.lexists(path)
+    outputs = [
+        path
         for entry in datalist
         for path in output_paths(_sources(entry, image_key)[0], output_dir, output_postfix, output_format)
-    )
+    ]
+    occupied = [path for path in outputs if os.path.lexists(path) and not os.path.isfile(path)]
+    if occupied:
+        raise OutputWriteError(
+            f"output name(s) taken by a folder or a broken link, nothing was run: {', '.join(occupied)}; move them away"
+        )
+    if resume:
+        return pending_inputs(datalist, output_dir, output_postfix, output_format, image_key)
+    existing = sum(os.path.isfile(path) for path in outputs)
     if existing:
         logger.info(
             f"{existing} output(s) of an earlier run in {output_dir} will be replaced (--resume True keeps the finished ones)"

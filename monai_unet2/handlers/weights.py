@@ -17,6 +17,7 @@ import logging
 import os
 import pickle
 import re
+import zipfile
 from typing import Any
 
 import torch
@@ -27,7 +28,7 @@ __all__ = ["SafeCheckpointLoader", "WeightsFileError", "describe_weights_error",
 
 logger = logging.getLogger(__name__)
 
-_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)|Unsupported operand (\d+)|Unsupported class ([\w.]+)")
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)|Unsupported class ([\w.]+)|Unsupported operand (\d+)")
 
 
 class WeightsFileError(RuntimeError):
@@ -60,13 +61,14 @@ def describe_weights_error(path: str | os.PathLike, error: BaseException) -> str
         )
     if isinstance(error, FileNotFoundError):
         return f"{path}: weights file not found"
-    if isinstance(error, IsADirectoryError):
+    if isinstance(error, IsADirectoryError) or os.path.isdir(path):
         return f"{path}: a folder, not a weights file"
-    if isinstance(error, (EOFError, RuntimeError)) and any(
-        hint in text for hint in ("PytorchStreamReader", "Ran out of input", "unexpected EOF", "zip archive")
-    ):
-        return f"{path}: not a complete PyTorch checkpoint (truncated or damaged: {' '.join(text.split())[:160]})"
-    return f"{path}: cannot load weights ({type(error).__name__}: {' '.join(text.split())[:300]})"
+    short = " ".join(text.split())[:200]
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        return f"{path}: an empty file (0 bytes), not a PyTorch checkpoint"
+    if os.path.isfile(path) and not zipfile.is_zipfile(path):
+        return f"{path}: not a complete PyTorch checkpoint (truncated, damaged, or another kind of file: {type(error).__name__}: {short})"
+    return f"{path}: cannot load weights ({type(error).__name__}: {short})"
 
 
 def load_weights(path: str | os.PathLike, map_location: Any = None) -> Any:
