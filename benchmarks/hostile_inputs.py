@@ -2,7 +2,8 @@
 path the bundles use, and print a table of outcomes.
 
 Each case is one ``Case`` entry in ``CASES`` (``benchmarks/hostile_cases.py``; the files are made by
-``benchmarks/hostile_builders.py``): a name, the expected outcome (``processed`` or ``refused``), a builder that writes
+``benchmarks/hostile_builders.py``) or, for whole runs (batches of inputs, resumed runs, output names, links, weights,
+training), in ``RUN_CASES`` (``benchmarks/hostile_runs.py``, with its pipelines): a name, the expected outcome (``processed`` or ``refused``), a builder that writes
 the input into a folder and returns what the datalist would hold, the pipeline it goes through, and for processed
 cases a check of the result (numbers, or the warning that must name the file). Pipelines are the
 bundles' own ``preprocessing`` (read from their configs with MONAI's ``ConfigParser``), so a case sees exactly the
@@ -43,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from hostile_cases import CASES, Case  # noqa: E402  (the cases live next to this script)
+from hostile_runs import RUN_CASES, RUN_PIPELINES  # noqa: E402
 
 HIPPOCAMPUS = ROOT / "bundles" / "hippocampus_unet25d_segmentation"
 DRIVE = ROOT / "bundles" / "drive_vessel_u2net_segmentation"
@@ -111,6 +113,7 @@ PIPELINES: dict[str, Callable[[Any, Path], Any]] = {
         {"image": str(entry)}
     ),
     "hippocampus-run": _run_inference,
+    **RUN_PIPELINES,
 }
 
 
@@ -137,7 +140,8 @@ def run_case(case: Case, folder: Path) -> tuple[str, str]:
     except Exception as error:  # the outcome is the message
         reported = _reported(error)
         message = str(reported).strip()
-        names = [str(v) for v in (entry.values() if isinstance(entry, dict) else [entry])]
+        values = [v for k, v in entry.items() if not str(k).startswith("_")] if isinstance(entry, dict) else [entry]
+        names = [str(v) for v in values]
         named = "\n" not in message and any(name in message or str(Path(name).parent) in message for name in names)
         return ("refused" if named else "crashed"), f"{type(reported).__name__}: {message}"
     finally:
@@ -165,7 +169,7 @@ def main() -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     rows, unexpected = [], 0
     with tempfile.TemporaryDirectory() as tmp:
-        for index, case in enumerate(c for c in CASES if args.only.lower() in c.name.lower()):
+        for index, case in enumerate(c for c in CASES + RUN_CASES if args.only.lower() in c.name.lower()):
             if case.skip:
                 rows.append((case.name, case.expected, "skipped", case.skip))
                 continue

@@ -117,6 +117,8 @@ class SafeCheckpointLoader(CheckpointLoader):
         name, map_location, strict, strict_shape: those of ``CheckpointLoader``.
     """
 
+    rank_zero_only = False  # every rank loads the weights
+
     def __call__(self, engine: Engine) -> None:
         """Load the checkpoint into ``load_dict`` (at ``Events.STARTED`` of ``engine``)."""
         path = os.fspath(self.load_path)
