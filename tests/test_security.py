@@ -187,4 +187,4 @@ def test_bundle_inference_refuses_crafted_checkpoint(tmp_path):
     assert output.strip().splitlines()[-1].startswith(f"{checkpoint}: refused: not plain weights")
     assert_refused_without_unsafe_advice(output)
     assert not marker.exists()
-    assert not outputs.exists() or not any(path.is_file() for path in outputs.rglob("*"))
+    assert not outputs.exists() or not any(outputs.glob("*_seg.*"))  # only the log of the refusal (logs/)

@@ -55,15 +55,15 @@ def describe_weights_error(path: str | os.PathLike, error: BaseException) -> str
         asked = f"it asks to call {wanted}" if wanted else "it holds Python objects other than tensors"
         return (
             f"{path}: refused: not plain weights: unpickling this file would run Python code ({asked}), which a "
-            "checkpoint from another source can use to take over your account. Only state dicts (tensors in dicts "
-            "and lists) are loaded: ask for the weights as a state dict (torch.save(model.state_dict(), path)), or "
-            "re-save them so only if you made the file yourself"
+            "checkpoint from another source can use to take over your account. Only tensors in dicts and lists are "
+            "loaded: ask its author for a state dict (torch.save(model.state_dict(), path)); if you made the file "
+            "yourself, re-save it that way"
         )
     if isinstance(error, FileNotFoundError):
         return f"{path}: weights file not found"
     if isinstance(error, IsADirectoryError) or os.path.isdir(path):
         return f"{path}: a folder, not a weights file"
-    short = " ".join(text.split())[:200]
+    short = " ".join(text.split()).split(". ")[0][:200]
     if os.path.isfile(path) and os.path.getsize(path) == 0:
         return f"{path}: an empty file (0 bytes), not a PyTorch checkpoint"
     if os.path.isfile(path) and not zipfile.is_zipfile(path):
