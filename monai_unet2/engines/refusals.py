@@ -14,10 +14,10 @@ unwritable output folder) happen before any engine of ours runs, so the exit pat
   non-zero (1, Python's status for an uncaught error). ``KeyboardInterrupt`` and other non-``Exception`` errors keep
   Python's handling;
 - a filter on the console handlers (of every logger: MONAI's ``StatsHandler`` logs through its own, which does not
-  propagate) that keeps tracebacks off the console: records that carry ``exc_info`` (``StatsHandler``'s
-  ``Exception: ...``), ignite's "run is terminating due to exception" lines, and records logged with
-  ``extra={"file_only": True}`` (the per-case tracebacks of :class:`~monai_unet2.engines.BatchEvaluator`). File
-  handlers still get them all.
+  propagate) that keeps the engines' copies of the error off the console: ``StatsHandler``'s ``Exception: ...``
+  with its traceback, ignite's "run is terminating due to exception" lines, and records logged with
+  ``extra={"file_only": True}`` (the per-case tracebacks of :class:`~monai_unet2.engines.BatchEvaluator`). Every
+  other record passes; file handlers still get them all.
 
 The log file is the run's own when one is set up (any ``logging.FileHandler`` on the root logger, e.g. the one
 ``monai_unet2.console.configure`` adds), else ``<output_dir>/logs/error_<time>_<pid>.log``, written only when a run
@@ -54,11 +54,14 @@ logger = logging.getLogger(__name__)
 
 STATS_LOGGER = "monai.handlers.StatsHandler"  # the default name of StatsHandler's logger (it does not propagate)
 _TERMINATING = re.compile(r"^(Current|Engine) run is terminating due to exception")
+_ENGINE_EXCEPTION = re.compile(r"^Exception: ")  # MONAI StatsHandler.exception_raised
 
 
 class ConsoleTracebackFilter(logging.Filter):
-    """For console handlers: drops records that carry a traceback, ignite's "run is terminating due to exception"
-    lines, and (unless ``show_file_only``) records marked ``file_only``; the reason is printed once at exit.
+    """For console handlers: drops the engines' copies of the error that ends a run (``StatsHandler``'s
+    ``Exception: ...`` with its traceback, ignite's "run is terminating due to exception" lines) and, unless
+    ``show_file_only``, records marked ``file_only``; the reason is printed once at exit. Other records, warnings and
+    errors with a traceback included, pass.
 
     Args:
         show_file_only: let records logged with ``extra={"file_only": True}`` through (the debug switch).
@@ -70,8 +73,10 @@ class ConsoleTracebackFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         """``False`` for a record the console should not show."""
-        if record.exc_info or (getattr(record, "file_only", False) and not self.show_file_only):
+        if getattr(record, "file_only", False) and not self.show_file_only:
             return False
+        if record.exc_info and record.levelno >= logging.ERROR and _ENGINE_EXCEPTION.search(record.getMessage()):
+            return False  # StatsHandler's copy of the error that ends the run
         return not (record.name.startswith("ignite.engine") and _TERMINATING.search(record.getMessage()))
 
 
