@@ -64,20 +64,24 @@ DRIVE_CHECK = {
 }
 
 
-def _preprocessing(config: Path, bundle_root: Path, drive: bool = False) -> Callable:
+def _preprocessing(
+    configs: Path | list[Path], bundle_root: Path, key: str = "preprocessing", drive: bool = False
+) -> Callable:
+    """The bundle's own pipeline ``key`` from ``configs`` (merged in order, as ``--config_file "[...]"`` does)."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config(config)
+    parser.read_config([str(c) for c in configs] if isinstance(configs, list) else configs)
     parser["bundle_root"] = str(bundle_root)
-    transforms = parser["preprocessing"]["transforms"]
-    if drive and transforms[0]["_target_"] == "LoadImaged":
-        transforms[0] = DRIVE_LOADER
-        transforms.insert(2, DRIVE_CHECK)
-    spacing = [t["pixdim"] for t in transforms if t["_target_"] == "Spacingd"]
-    if spacing and "target_spacing" not in transforms[0]:  # the proposed hippocampus change, until it is wired
-        transforms[0]["target_spacing"] = spacing[0]
-    return parser.get_parsed_content("preprocessing", instantiate=True)
+    transforms = parser[key]["transforms"]
+    if isinstance(transforms, list):  # a literal list (not an expression): substitute what is not wired yet
+        if drive and transforms[0]["_target_"] == "LoadImaged":
+            transforms[0] = DRIVE_LOADER
+            transforms.insert(2, DRIVE_CHECK)
+        spacing = [t["pixdim"] for t in transforms if t["_target_"] == "Spacingd"]
+        if spacing and "target_spacing" not in transforms[0]:
+            transforms[0]["target_spacing"] = spacing[0]
+    return parser.get_parsed_content(key, instantiate=True)
 
 
 def _run_inference(entry: Any, folder: Path) -> Any:
@@ -107,7 +111,9 @@ PIPELINES: dict[str, Callable[[Any, Path], Any]] = {
         {"image": str(entry)}
     ),
     "hippocampus-evaluate": lambda entry, folder: _preprocessing(
-        HIPPOCAMPUS / "configs" / "evaluate.json", HIPPOCAMPUS
+        [HIPPOCAMPUS / "configs" / "train.json", HIPPOCAMPUS / "configs" / "evaluate.json"],
+        HIPPOCAMPUS,
+        key="validate#preprocessing",
     )(entry),
     "drive": lambda entry, folder: _preprocessing(DRIVE / "configs" / "inference.json", DRIVE, drive=True)(
         {"image": str(entry)}

@@ -82,6 +82,16 @@ def test_an_output_that_would_replace_an_input_is_refused(tmp_path):
     check_output_names(inference_datalist(folder), tmp_path / "elsewhere")  # distinct names: accepted
 
 
+def test_the_input_folder_as_output_folder_is_refused(tmp_path):
+    """Outputs written among the inputs would be segmented as inputs by the next run."""
+    folder = _folder(tmp_path, "case.nii.gz")
+    with pytest.raises(OutputWriteError, match=f"the output folder {folder} is the input folder"):
+        batch_datalist(inference_datalist(folder), folder, folder)
+    with pytest.raises(OutputWriteError, match="is the input folder"):
+        batch_datalist(inference_datalist(folder), folder, folder / ".." / folder.name)
+    assert sorted(p.name for p in folder.iterdir()) == ["case.nii.gz"]
+
+
 def test_the_writer_never_replaces_an_output_it_wrote_for_another_input(tmp_path):
     """The guard for callers that skip the batch check: a second input of the same name is refused, naming both,
     and the first output stays as written."""
@@ -147,6 +157,7 @@ def test_every_entry_that_is_no_input_is_named_with_what_it_holds(tmp_path, capl
     (folder / "notes.txt").write_text("scanned on the old scanner\n")
     (folder / "empty_folder").mkdir()
     (folder / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (folder / "loop.nii.gz").symlink_to(folder / "loop.nii.gz")
     with Image.open(DRIVE_IMAGE) as image:
         image.save(folder / "fundus.png")
     with caplog.at_level(logging.INFO, logger="monai_unet2"):
@@ -160,7 +171,8 @@ def test_every_entry_that_is_no_input_is_named_with_what_it_holds(tmp_path, capl
     assert f"{folder / 'fundus.png'}: skipped, not an input of this batch (a PNG image)" in skipped
     assert f"{folder / 'empty_folder'}: skipped, a folder without DICOM files" in skipped
     assert f"{folder / '.DS_Store'}: skipped, a hidden file or folder" in skipped
-    assert len(skipped) == 4
+    assert f"{folder / 'loop.nii.gz'}: skipped, a symbolic link loop" in skipped
+    assert len(skipped) == 5
 
 
 def test_an_output_folder_that_cannot_be_written_is_refused_before_anything_runs(tmp_path):

@@ -122,6 +122,27 @@ def test_a_case_failing_after_inference_is_reported_and_the_next_one_runs(tmp_pa
     assert output_problem(tmp_path / "out" / CASES[2].name.replace(".nii.gz", "_seg.nii.gz"), CASES[2]) is None
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux) for a real ENOSPC")
+def test_a_full_disk_stops_the_batch_instead_of_failing_every_case(tmp_path):
+    """Writing fails with ENOSPC (the kernel's, from /dev/full): every further input would fail the same way after its
+    inference, so the batch stops at the first and says how many were not run."""
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    for case in CASES[:3]:
+        shutil.copy(case, folder / case.name)
+    parser = _inference(tmp_path, dataset_dir=str(folder))
+    full = "$lambda x: (open('/dev/full', 'w').write('x' * 65536), x)[1]"
+    parser["postprocessing"]["transforms"].insert(0, {"_target_": "Lambdad", "keys": "pred", "func": full})
+    with pytest.raises(BatchFailedError) as caught:
+        parser.get_parsed_content("evaluator").run()
+    (failure,) = caught.value.failures
+    assert failure.reason == f"{folder / CASES[0].name}: OSError: [Errno 28] No space left on device"
+    assert str(caught.value).splitlines()[0] == (
+        "1 of 3 inputs failed (0 processed, 2 not run: the batch stopped at no space left on the device); "
+        "each failed input and why:"
+    )
+
+
 def _dataset(folder: Path, cases: list[Path], shift_labels: set[int]) -> Path:
     """An MSD-style copy of ``cases``; the labels of the cases at ``shift_labels`` are moved 2 mm (another grid)."""
     for sub in ("imagesTr", "labelsTr"):

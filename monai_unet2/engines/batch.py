@@ -8,7 +8,8 @@ no input were left out without a word; and ``--resume True`` counted a 0-byte ou
 runs these checks on the datalist of an inference config, in this order, and returns the entries still to run:
 
 1. inputs stay inside ``dataset_dir``: an input that is, or is reached through, a symbolic link pointing out of the
-   folder is refused with the link and its target named (``allow_outside_root=True`` allows it);
+   folder is refused with the link and its target named (``allow_outside_root=True`` allows it); the output folder
+   is not the input folder (its outputs would be the next run's inputs);
 2. every other entry of the folder is logged as skipped, with what it holds (hidden files at INFO level);
 3. no two inputs share an output and no output replaces an input
    (:func:`~monai_unet2.data.outputs.check_output_names`);
@@ -46,6 +47,14 @@ def _inside(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
 
+def _resolved(path: Path) -> Path | None:
+    """``path`` with every link followed, or ``None`` for a link loop."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # RuntimeError: "Symlink loop" (Python < 3.13)
+        return None
+
+
 def links_out_of(folder: str | os.PathLike, depth: int = 2, root: str | os.PathLike | None = None) -> dict[str, str]:
     """Symbolic links under ``folder`` (down to ``depth`` levels, not entering linked folders) whose targets resolve
     outside ``root``.
@@ -66,8 +75,9 @@ def links_out_of(folder: str | os.PathLike, depth: int = 2, root: str | os.PathL
         for directory in level:
             for entry in sorted(directory.iterdir()):
                 if entry.is_symlink():
-                    if not _inside(entry.resolve(), root):
-                        found[str(entry)] = str(entry.resolve())
+                    target = _resolved(entry)
+                    if target is not None and not _inside(target, root):
+                        found[str(entry)] = str(target)
                 elif entry.is_dir():
                     below.append(entry)
         level = below
@@ -120,7 +130,10 @@ def check_writable(output_dir: str | os.PathLike) -> None:
 
 def _report_skipped(folder: Path, inputs: set[Path]) -> None:
     for entry in sorted(folder.iterdir()):
-        if entry.resolve() in inputs:
+        if _resolved(entry) in inputs:
+            continue
+        if _resolved(entry) is None:
+            logger.warning(f"{entry}: skipped, a symbolic link loop")
             continue
         if entry.name.startswith("."):
             logger.info(f"{entry}: skipped, a hidden file or folder")
@@ -162,6 +175,11 @@ def batch_datalist(
     folder = Path(dataset_dir)
     if folder.is_dir():
         root = folder.resolve()
+        if _resolved(Path(output_dir)) == root:
+            raise OutputWriteError(
+                f"the output folder {output_dir} is the input folder: outputs would be taken for inputs by the next "
+                "run; give another --output_dir"
+            )
         inputs = {Path(source).resolve() for entry in datalist for source in _sources(entry, image_key)}
         escapes = _escapes(root, inputs)
         if escapes and not allow_outside_root:

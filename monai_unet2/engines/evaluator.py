@@ -4,7 +4,9 @@ MONAI's engines end the run at the first exception, as nnU-Net's prediction does
 bad file, 3 outputs were kept, 9 good inputs never ran, and nothing listed what failed. An overnight run over 1,000
 studies must not stop at the first damaged series. :class:`BatchEvaluator` runs every case; a case whose loading
 fails (recorded by :class:`~monai_unet2.engines.IsolatedCases`) or whose inference, post-processing or writing raises
-is logged with its one-line reason and left out of the metrics, and the next case runs. At the end, if any case
+is logged with its one-line reason and left out of the metrics, and the next case runs (unless the error is one
+every further case would meet, a full disk or a read-only output file system: then the batch stops there and says
+how many inputs were not run, instead of running every remaining inference for nothing). At the end, if any case
 failed, :class:`~monai_unet2.engines.BatchFailedError` lists each failed input with its reason (so that
 ``python -m monai.bundle run`` exits non-zero with that list as its last lines, see
 :func:`~monai_unet2.engines.report_refusals`). ``stop_on_error=True`` restores MONAI's behaviour: the first failure
@@ -17,6 +19,7 @@ otherwise read an output that does not exist; when no case succeeded, ``Events.E
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -27,7 +30,7 @@ from monai.engines import SupervisedEvaluator
 from monai.utils import CommonKeys
 
 from monai_unet2.engines.datasets import IsolatedCases, case_source, failures_in
-from monai_unet2.engines.failures import BatchFailedError, CaseFailedError, CaseFailure
+from monai_unet2.engines.failures import BatchFailedError, CaseFailedError, CaseFailure, error_chain
 
 __all__ = ["BatchEvaluator"]
 
@@ -45,6 +48,23 @@ def _batch_sources(batch: Any, source_key: str, iteration: int) -> str:
     return ", ".join(case_source(name) for name in names)
 
 
+#: errors of the machine, not of a case: every further input would fail the same way
+_BATCH_ERRNOS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+}
+
+
+def _stops_the_batch(error: BaseException | None) -> str | None:
+    """Why ``error`` ends the batch (a full disk, ...), or ``None`` for an error of one case."""
+    for link in error_chain(error) if error is not None else ():
+        reason = _BATCH_ERRNOS.get(getattr(link, "errno", None))
+        if reason:
+            return reason
+    return None
+
+
 class BatchEvaluator(SupervisedEvaluator):
     """``monai.engines.SupervisedEvaluator`` that reports a failing case and goes on (see the module docstring).
 
@@ -59,6 +79,8 @@ class BatchEvaluator(SupervisedEvaluator):
     Attributes:
         failures: the failed cases of the last run, in order.
         processed: the number of cases of the last run that went through.
+        stopped: why the last run stopped before its end (an error every further case would meet: a full disk, a
+            read-only file system), or ``None``.
     """
 
     def __init__(self, *args: Any, stop_on_error: bool = False, source_key: str = CommonKeys.IMAGE, **kwargs: Any):
@@ -70,6 +92,7 @@ class BatchEvaluator(SupervisedEvaluator):
         self.source_key = source_key
         self.failures: list[CaseFailure] = []
         self.processed = 0
+        self.stopped: str | None = None
         self._case_failed = False
 
     def run(self, global_epoch: int = 1) -> None:
@@ -78,11 +101,14 @@ class BatchEvaluator(SupervisedEvaluator):
         Args:
             global_epoch: the trainer's epoch when validating during training.
         """
-        self.failures, self.processed = [], 0
+        self.failures, self.processed, self.stopped = [], 0, None
+        if self.state.epoch_length == 0:  # e.g. a resumed batch whose outputs are all finished
+            logger.info("no input left to run")
+            return
         super().run(global_epoch)
         if self.failures:
-            total = self.processed + len(self.failures)
-            raise BatchFailedError(self.failures, total)
+            total = self.state.epoch_length or self.processed + len(self.failures)
+            raise BatchFailedError(self.failures, total, stopped=self.stopped, processed=self.processed)
 
     def _iteration(self, engine: SupervisedEvaluator, batchdata: dict[str, torch.Tensor]) -> dict:
         recorded = failures_in(batchdata)
@@ -104,7 +130,15 @@ class BatchEvaluator(SupervisedEvaluator):
             raise CaseFailedError(failure) from error
         self.failures.append(failure)
         self._case_failed = True
-        logger.error(f"input failed, going on with the next one: {failure.reason}")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # what a failed case held (e.g. after running out of GPU memory)
+        stop = _stops_the_batch(error)
+        if stop:
+            self.stopped = stop
+            self.terminate()
+            logger.error(f"input failed, and every further input would too ({stop}): {failure.reason}")
+        else:
+            logger.error(f"input failed, going on with the next one: {failure.reason}")
         logger.error(f"traceback of the failed input {failure.source}:\n{failure.details}", extra={"file_only": True})
 
     def _fire_event(self, event_name: Any, *event_args: Any, **event_kwargs: Any) -> None:

@@ -127,12 +127,25 @@ class BatchFailedError(RuntimeError):
         failures: the failed inputs, in processing order.
         total: the number of inputs of the batch.
         done: what was done with the others, e.g. ``"segmented, outputs in /out"``.
+        stopped: why the batch stopped before its end (an error every further input would meet), if it did.
+        processed: the number of inputs that went through, when it is not ``total`` minus the failures.
     """
 
-    def __init__(self, failures: Sequence[CaseFailure], total: int, done: str = "processed") -> None:
+    def __init__(
+        self,
+        failures: Sequence[CaseFailure],
+        total: int,
+        done: str = "processed",
+        stopped: str | None = None,
+        processed: int | None = None,
+    ) -> None:
         self.failures = list(failures)
         self.total = total
-        succeeded = total - len(self.failures)
-        lines = [f"{len(self.failures)} of {total} inputs failed ({succeeded} {done}); each failed input and why:"]
+        self.stopped = stopped
+        succeeded = total - len(self.failures) if processed is None else processed
+        status = f"{succeeded} {done}"
+        if stopped:
+            status += f", {total - succeeded - len(self.failures)} not run: the batch stopped at {stopped}"
+        lines = [f"{len(self.failures)} of {total} inputs failed ({status}); each failed input and why:"]
         lines += [f"  {failure.reason}" for failure in self.failures]
         super().__init__("\n".join(lines))

@@ -11,8 +11,9 @@ unwritable output folder) happen before any engine of ours runs, so the exit pat
 - a ``sys.excepthook`` that prints, for an error that ends the process, a pointer to the log file and then the
   one-line reason (:func:`~monai_unet2.engines.failures.describe_error`; for a batch, the list of failed inputs) as
   the last lines on the console, writes the full traceback to the run's log file, and leaves the exit status
-  non-zero (1, Python's status for an uncaught error). ``KeyboardInterrupt`` and other non-``Exception`` errors keep
-  Python's handling;
+  non-zero (1, Python's status for an uncaught error). ``KeyboardInterrupt`` prints one line saying that what was
+  written is complete and ``--resume True`` goes on (Python still ends the process as interrupted); other
+  non-``Exception`` errors keep Python's handling;
 - a filter on the console handlers (of every logger: MONAI's ``StatsHandler`` logs through its own, which does not
   propagate) that keeps the engines' copies of the error off the console: ``StatsHandler``'s ``Exception: ...``
   with its traceback, ignite's "run is terminating due to exception" lines, and records logged with
@@ -119,6 +120,14 @@ class _RefusalHook:
         self.previous = previous
 
     def __call__(self, error_type: type[BaseException], error: BaseException, trace: TracebackType | None) -> None:
+        if issubclass(error_type, KeyboardInterrupt) and not self.debug:
+            sys.stdout.flush()
+            print(
+                "monai_unet2: interrupted (Ctrl-C). Every output and checkpoint already written is complete (they are "
+                "written atomically); --resume True goes on from there",
+                file=sys.stderr,
+            )
+            return
         if not issubclass(error_type, Exception):
             self.previous(error_type, error, trace)
             return
@@ -141,7 +150,11 @@ class _RefusalHook:
         sys.stderr.flush()
 
     def _write_log(self, error: BaseException) -> Path | None:
-        handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+        handlers = [
+            h
+            for h in logging.getLogger().handlers
+            if isinstance(h, logging.FileHandler) and os.path.abspath(h.baseFilename) != os.path.abspath(os.devnull)
+        ]
         if handlers:
             details = (describe_error(error), format_traceback(error))
             record = logger.makeRecord(
