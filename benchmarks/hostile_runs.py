@@ -43,7 +43,9 @@ class RunResult(dict):
     """What a batch left: ``failures`` (input -> reason), ``out`` (the output folder), ``outputs`` (its files)."""
 
 
-def _workflow(bundle: Path, configs: list[str], overrides: dict[str, Any], folder: Path) -> RunResult:
+def _workflow(
+    bundle: Path, configs: list[str], overrides: dict[str, Any], folder: Path, first_postprocessing: dict | None = None
+) -> RunResult:
     from monai.bundle import ConfigWorkflow
 
     from monai_unet2.engines import BatchFailedError, refusal_text
@@ -57,6 +59,8 @@ def _workflow(bundle: Path, configs: list[str], overrides: dict[str, Any], folde
         workflow_type=None,
         **settings,
     )
+    if first_postprocessing is not None:
+        workflow.parser["postprocessing"]["transforms"].insert(0, first_postprocessing)
     out = Path(settings["output_dir"])
     result = RunResult(failures={}, out=out)
     previous_hook = sys.excepthook
@@ -95,7 +99,9 @@ def _train_cli(entry: dict, folder: Path) -> str:
 
 
 RUN_PIPELINES: dict[str, Callable[[Any, Path], Any]] = {
-    "batch": lambda entry, folder: _workflow(HIPPOCAMPUS, ["inference.json"], entry["_overrides"], folder),
+    "batch": lambda entry, folder: _workflow(
+        HIPPOCAMPUS, ["inference.json"], entry["_overrides"], folder, entry.get("_postprocessing_first")
+    ),
     "drive-batch": lambda entry, folder: _workflow(DRIVE, ["inference.json"], entry["_overrides"], folder),
     "evaluate-batch": lambda entry, folder: _workflow(
         HIPPOCAMPUS, ["train.json", "evaluate.json"], entry["_overrides"], folder
@@ -172,6 +178,22 @@ def _blocked(folder: Path) -> dict:
 
 def _replacing(folder: Path) -> dict:
     entry = _batch(folder, count=2, output_postfix="")
+    entry["_overrides"]["output_dir"] = entry["dataset_dir"]
+    return entry
+
+
+def _full_disk(folder: Path) -> dict:
+    """Every write fails with the kernel's ENOSPC (a transform writing to /dev/full first), as on a full disk."""
+    full = {
+        "_target_": "Lambdad",
+        "keys": "pred",
+        "func": "$lambda x: (open('/dev/full', 'w').write('x' * 65536), x)[1]",
+    }
+    return {**_batch(folder, count=4), "_postprocessing_first": full}
+
+
+def _same_folder(folder: Path) -> dict:
+    entry = _batch(folder, count=2)
     entry["_overrides"]["output_dir"] = entry["dataset_dir"]
     return entry
 
@@ -318,8 +340,22 @@ RUN_CASES: list[Case] = [
         "batch: link to /etc/hostname in the input folder", "refused", lambda d: _link_out(d, "/etc/hostname"), "batch"
     ),
     Case("batch: a series slice linked from elsewhere", "refused", lambda d: _link_out(d, "slice"), "batch"),
-    Case("batch: output would replace an input (--output_postfix '')", "refused", _replacing, "batch"),
+    Case("batch: outputs over the inputs (input folder, --output_postfix '')", "refused", _replacing, "batch"),
     Case("batch: files that are no input are named", "processed", _not_inputs, "batch", _skipped_named),
+    Case("batch: output folder = input folder", "refused", _same_folder, "batch"),
+    Case(
+        "batch: disk full while writing (stops, does not fail all)",
+        "processed",
+        _full_disk,
+        "batch",
+        lambda result, log, rerun: (
+            None
+            if len(result["failures"]) == 1
+            and "3 not run: the batch stopped at no space left" in result.get("summary", "")
+            else f"{len(result['failures'])} failures: {result.get('summary', '')[:200]}"
+        ),
+        skip=None if Path("/dev/full").exists() else "needs /dev/full",
+    ),
     Case(
         "batch: missing --dataset_dir",
         "refused",

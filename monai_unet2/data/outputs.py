@@ -33,6 +33,7 @@ __all__ = [
     "SegmentationWriter",
     "check_output_names",
     "output_paths",
+    "output_source",
     "pending_inputs",
 ]
 
@@ -92,9 +93,20 @@ def output_paths(
     return paths
 
 
-def _entry_source(entry: Mapping[str, Any] | str, image_key: str) -> str:
+def output_source(entry: Mapping[str, Any] | str, image_key: str = "image") -> str:
+    """The path a datalist entry's outputs are named after (by :func:`output_paths`): its image, or for an image given
+    as a list of channel files with a ``case`` name, ``<folder of the first>/<case>.nii.gz``.
+
+    Args:
+        entry: ``{"image": path or [paths], ...}`` or a path.
+        image_key: key of the input path in the entry.
+    """
     value = entry[image_key] if isinstance(entry, Mapping) else entry
-    return os.fspath(value[0] if isinstance(value, (list, tuple)) else value)
+    if isinstance(value, (list, tuple)):
+        first = os.fspath(value[0])
+        case = entry.get("case") if isinstance(entry, Mapping) else None
+        return os.path.join(os.path.dirname(first), f"{case}.nii.gz") if case and len(value) > 1 else first
+    return os.fspath(value)
 
 
 def check_output_names(
@@ -122,7 +134,7 @@ def check_output_names(
         OutputNameError: naming every group of colliding inputs and the output they share.
     """
     claimed: dict[str, list[str]] = {}
-    sources = [_entry_source(entry, image_key) for entry in datalist]
+    sources = [output_source(entry, image_key) for entry in datalist]
     inputs = {os.path.normcase(os.path.abspath(source)).lower() for source in sources}
     problems = []
     for source in sources:
@@ -168,7 +180,7 @@ def pending_inputs(
     """
     pending, done = [], 0
     for entry in datalist:
-        source = _entry_source(entry, image_key)
+        source = output_source(entry, image_key)
         finished = True
         for path in output_paths(source, output_dir, output_postfix, output_format):
             problem = output_problem(path, source)

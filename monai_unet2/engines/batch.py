@@ -31,7 +31,7 @@ from typing import Any
 from monai_unet2.data.datalist import DatalistError
 from monai_unet2.data.file_kinds import sniff
 from monai_unet2.data.files import OutputWriteError, dicom_files, ensure_output_dir
-from monai_unet2.data.outputs import check_output_names, output_paths, pending_inputs
+from monai_unet2.data.outputs import check_output_names, output_paths, output_source, pending_inputs
 
 __all__ = ["batch_datalist", "check_writable", "links_out_of"]
 
@@ -196,7 +196,7 @@ def batch_datalist(
     outputs = [
         path
         for entry in datalist
-        for path in output_paths(_sources(entry, image_key)[0], output_dir, output_postfix, output_format)
+        for path in output_paths(output_source(entry, image_key), output_dir, output_postfix, output_format)
     ]
     occupied = [path for path in outputs if os.path.lexists(path) and not os.path.isfile(path)]
     if occupied:
