@@ -65,7 +65,8 @@ def train(configuration: str, trainer_name: str, resume: bool, summary: Path) ->
     Args:
         configuration: ``"2d"`` or ``"3d_fullres"``.
         trainer_name: ``nnUNetTrainerBudget`` (training) or ``nnUNetTrainerBudgetProbe`` (epoch-time probe).
-        resume: continue from the latest checkpoint (nnU-Net's ``--c``); starts afresh when there is none.
+        resume: continue from the latest checkpoint (nnU-Net's ``--c``); starts afresh when there is none, and
+            only writes the summary when the final checkpoint exists.
         summary: where to write epochs, seconds and whether the hard stop ended the run.
     """
     import torch
@@ -76,15 +77,19 @@ def train(configuration: str, trainer_name: str, resume: bool, summary: Path) ->
     trainer = get_trainer_from_args(
         DATASET, configuration, 0, trainer_name, "nnUNetPlans", resume, device=torch.device("cpu")
     )
+    finished = resume and (Path(trainer.output_folder) / "checkpoint_final.pth").is_file()
     maybe_load_checkpoint(trainer, resume, False)
     first_epoch = trainer.current_epoch
     stopped_early = False
-    try:
-        trainer.run_training()
-    except WallClockExhausted as stop:
-        stopped_early = True
-        trainer.print_to_log_file(f"vs_nnunet: {stop}; writing checkpoint_final.pth")
-        trainer.on_train_end()
+    if finished:  # nothing to train: only the summary was missing (a run killed right after training)
+        stopped_early = trainer.current_epoch < trainer.num_epochs
+    else:
+        try:
+            trainer.run_training()
+        except WallClockExhausted as stop:
+            stopped_early = True
+            trainer.print_to_log_file(f"vs_nnunet: {stop}; writing checkpoint_final.pth")
+            trainer.on_train_end()
     record = trainer.epoch_record()
     write_json(
         summary,

@@ -39,16 +39,17 @@ run_pip -r benchmarks/nnunet_requirements.txt
 run_pip --no-deps "nnunetv2==$nnunet_version" "dynamic_network_architectures==$dna_version"
 
 "$venv/bin/python" - <<'PY'
+import importlib.metadata
 import importlib.util
+import sys
 
 import torch
 
 assert torch.__version__ == "2.13.0+cpu" and torch.version.cuda is None, f"unexpected torch {torch.__version__}"
 assert importlib.util.find_spec("torchvision") is None, "torchvision must stay out of .venv-nnunet (CUDA builds only)"
-import nnunetv2
 from dynamic_network_architectures.architectures.unet import PlainConvUNet  # noqa: F401
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor  # noqa: F401
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer  # noqa: F401
 
-print(f"nnunetv2 {nnunetv2.__version__ if hasattr(nnunetv2, '__version__') else ''} ready in .venv-nnunet (torch {torch.__version__})")
+print(f"nnunetv2 {importlib.metadata.version('nnunetv2')} ready in {sys.prefix} (torch {torch.__version__})")
 PY

@@ -237,8 +237,8 @@ class Harness:
         """The budget cell: budget and its clock, epochs done / planned x iterations, measured wall and CPU minutes."""
         text = (
             f"{self.args.budget_minutes:g} min ({state['clock']}): {trained['epochs_done']}/{trained['num_epochs']} "
-            f"epochs x {trained['iterations_per_epoch']} it; wall {trained['train_seconds'] / 60:.0f} min, "
-            f"CPU {sum(trained['epoch_cpu_seconds']) / 60:.0f} min"
+            f"epochs x {trained['iterations_per_epoch']} it; wall {_minutes(trained['train_seconds'])} min, "
+            f"CPU {_minutes(sum(trained['epoch_cpu_seconds']))} min"
         )
         return text + (", hard stop" if trained["stopped_early"] else "")
 
@@ -266,6 +266,14 @@ class Harness:
             futures = [pool.submit(self.configuration_rows, name) for name in self.args.configurations]
             nnunet_rows = [row for future in futures for row in future.result()]
         return [self.ours_row(), *nnunet_rows]
+
+
+def _shown(path: Path) -> str:
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f}" if seconds >= 600 else f"{seconds / 60:.1f}"
 
 
 def _mean(values) -> float:
@@ -296,13 +304,13 @@ def report(args: argparse.Namespace, rows: list[dict], harness: Harness) -> str:
         f"{args.jobs} run(s) at a time; load average at the end {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores. "
         "Dice: our evaluation path (bundle preprocessing, MONAI DiceMetric per case without background, mean over "
         "cases; a missing prediction scores 0). nnU-Net: fold 0 only (its default ensembles 5 folds), "
-        "checkpoint_final, no postprocessing, predicted in one process one case at a time; 'trained' is the wall "
-        "time of its epochs, 'CPU' the CPU time of its process. Seconds per volume: files in, label file out, "
+        "checkpoint_final, no postprocessing, predicted in one process one case at a time; 'wall' is the wall "
+        "time of its epochs, 'CPU' the CPU time of its process (on a free core the two agree). Seconds per volume: files in, label file out, "
         "model loaded beforehand, mean over the cases.",
         "",
         nnunet_scoring.markdown_table(rows),
         "",
-        f"Per-case Dice: `{harness.work / 'scores.json'}`.",
+        f"Per-case Dice: `{_shown(harness.work / 'scores.json')}`; logs: `{_shown(harness.work / 'logs')}`.",
         "",
     ]
     return "\n".join(lines)
