@@ -1,4 +1,4 @@
-"""Side by side with nnU-Net v2 on our hippocampus split, at equal training wall time on this machine.
+"""Side by side with nnU-Net v2 on our hippocampus split, at an equal training budget on this machine.
 
 Run (from the repository root, in our ``.venv``)::
 
@@ -12,8 +12,9 @@ checkpoint as nnU-Net's ``--c`` does, prediction from the first missing case):
    (``benchmarks/nnunet_dataset.py``), then ``nnUNetv2_plan_and_preprocess`` for ``2d`` and ``3d_fullres``.
 3. Per configuration: a probe measures nnU-Net's epoch time here (two short epochs; the second, scaled to the
    epoch length, plus its end-of-epoch work); the training then runs nnU-Net's default trainer with as many
-   epochs as fit the budget, its poly schedule spanning exactly those (``benchmarks/nnunet_trainers``), with
-   ``--threads`` torch threads and ``--da-workers`` augmentation processes (default 1 and 0: one core per run,
+   epochs as fit the budget, its poly schedule spanning exactly those (``benchmarks/nnunet_trainers``). The budget
+   counts the training process's CPU time (``--clock cpu``, the default: the wall time of a free core, unmoved by
+   other jobs on a shared machine) or its wall time (``--clock wall``). Each run has ``--threads`` torch threads and ``--da-workers`` augmentation processes (default 1 and 0: one core per run,
    augmentation in the training process, as our bundle trains with ``num_workers 0``). A hard stop at
    ``--stop-factor`` x budget ends a run that the machine slowed down; the table says so.
 4. nnU-Net predicts the validation cases with fold 0's final checkpoint, with its default test-time mirroring and
@@ -24,8 +25,8 @@ checkpoint as nnU-Net's ``--c`` does, prediction from the first missing case):
 
 Everything downloaded or created goes to ``.venv-nnunet`` and ``--work-dir`` (default ``runs/vs_nnunet``), both
 git-ignored; the log is ``<work-dir>/vs_nnunet.log``, each nnU-Net step's output ``<work-dir>/logs/``.
-A smoke run of the whole path: ``--budget-minutes 3 --iterations-per-epoch 10 --probe-iterations 2
---max-cases 2`` (the table then says it is a smoke run).
+A smoke run of the whole path: ``--budget-minutes 3 --iterations-per-epoch 2 --probe-iterations 2 --max-cases 2
+--work-dir runs/vs_nnunet_smoke --results runs/vs_nnunet_smoke/vs_nnunet.md`` (its table says it is a smoke run).
 """
 
 from __future__ import annotations
