@@ -25,6 +25,8 @@ DCMQI_CT = ROOT / "tests" / "data" / "dicom" / "dcmqi_ct3slice" / "ct"
 CASE = "hippocampus_004.nii.gz"
 #: the dataset facts plans.json states and train.json / inference.json expose as ids of the same name
 FACTS = ("orientation", "spacing", "slice_axis", "context_slices", "normalization", "roi_size")
+#: the training budget plans.json states and train.json exposes
+BUDGET = ("max_epochs", "epoch_length", "volumes_per_batch", "slices_per_volume", "val_interval", "learning_rate")
 
 
 def bundle(command: str, cwd: Path, *args: str, config: str | list[str] | None = None, timeout: int = 600) -> str:
@@ -57,6 +59,7 @@ def test_each_fact_is_stated_once():
             assert config[fact] == f"$@plans['{fact}']", (name, fact)
             assert all(fact not in overlay for overlay in overlays.values()), fact
         assert config["num_classes"] == "$len(@labels)"
+        assert all(config[key] == f"$@plans['{key}']" for key in BUDGET if name == "train.json")
         assert config["in_channels"] == "$(2 * @context_slices + 1) * len(@input_channels)"
     assert set(FACTS) <= set(plans) and "in_channels" not in plans["network"]
     assert metadata["network_data_format"]["outputs"]["pred"]["channel_def"] == {
@@ -73,7 +76,7 @@ def test_each_fact_is_stated_once():
 
 def test_training_validation_and_inference_preprocess_a_volume_alike():
     train, inference = parser("train.json"), parser("inference.json")
-    assert read("train.json")["validate"]["inferer"] == read("inference.json")["inferer"]
+    assert read("train.json")["slice_inferer"] == read("inference.json")["inferer"]["inferer"]
     image, label = SAMPLE / "imagesTr" / CASE, SAMPLE / "labelsTr" / CASE
     inferred = inference.get_parsed_content("preprocessing")({"image": str(image)})
     validated = train.get_parsed_content("validate#preprocessing")({"image": str(image), "label": str(label)})

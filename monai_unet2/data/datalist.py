@@ -89,32 +89,40 @@ def fold_datalist(
     split: str = "training",
     fold: int | str = 0,
     splits_file: str | os.PathLike | None = None,
-    num_folds: int = 5,
+    num_folds: int | None = None,
     allow_outside_root: bool = False,
 ) -> list[dict]:
-    """The cases of one cross-validation fold of a dataset folder, as a MONAI datalist.
+    """The cases of one cross-validation fold of a dataset folder (or its labelled test cases), as a MONAI datalist.
 
     The folds are those of ``splits_file`` (``configs/splits.json``, written by ``python -m monai_unet2 plan``) when
     it lists exactly the dataset's cases. For another set of cases (the committed sample of a bundle, a folder with
     cases added since planning) the folds are made for these cases by the same rule (interleaved over the sorted
-    names, ``num_folds`` folds, :func:`~monai_unet2.data.splits.make_splits`), with a warning.
+    names, :func:`~monai_unet2.data.splits.make_splits`), with a warning.
 
     Args:
         dataset_dir: the dataset root, in any layout :func:`~monai_unet2.data.datasets.read_dataset` reads.
-        split: ``"training"``, ``"validation"`` or ``"all"``.
+        split: ``"training"`` or ``"validation"`` (of ``fold``), ``"all"`` (every training case) or ``"test"`` (the
+            test cases that have a label: ``imagesTs`` with ``labelsTs``).
         fold: the fold index, or ``"all"`` (train on every case; see :func:`~monai_unet2.data.splits.fold_cases`).
         splits_file: the recorded folds, or ``None`` to make them.
-        num_folds: folds to make when ``splits_file`` does not apply.
+        num_folds: folds to make when ``splits_file`` does not apply; default: as many as it records, else 5.
         allow_outside_root: accept entries and files that resolve outside ``dataset_dir``.
 
     Raises:
-        DatalistError: the dataset cannot be read (see ``read_dataset``); ValueError: a fold that does not exist.
+        DatalistError: the dataset cannot be read (see ``read_dataset``), or has no labelled test case;
+            ValueError: a fold that does not exist.
     """
-    cases = read_dataset(dataset_dir, allow_outside_root).training
-    by_name = {case["case"]: case for case in cases}
+    dataset = read_dataset(dataset_dir, allow_outside_root)
+    if split == "test":
+        labelled = [case for case in dataset.test if "label" in case]
+        if not labelled:
+            raise DatalistError(f"{dataset.root}: no test case with a label (imagesTs/<case> with labelsTs/<case>)")
+        return labelled
+    by_name = {case["case"]: case for case in dataset.training}
     splits = None
     if splits_file is not None and os.path.isfile(splits_file):
         recorded = read_splits(splits_file)
+        num_folds = num_folds or len(recorded)
         listed = {name for item in recorded for name in item["train"] + item["val"]}
         if listed == set(by_name):
             splits = recorded
@@ -129,7 +137,7 @@ def fold_datalist(
                 num_folds,
             )
     if splits is None:
-        splits = make_splits(list(by_name), num_folds)
+        splits = make_splits(list(by_name), num_folds or 5)
     if len(by_name) == 1 and split == "validation":
         logger.warning("%s holds a single case: it is validated on the case it trains on", dataset_dir)
     return [by_name[name] for name in fold_cases(splits, fold, split)]
