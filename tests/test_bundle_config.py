@@ -112,7 +112,9 @@ def test_an_unknown_normalisation_is_refused():
     assert type(intensity_normalization("image", {"name": "zscore", "nonzero": True})[0]).__name__ == (
         "NormalizeIntensityd"
     )
-    with pytest.raises(ValueError, match=r"normalization 'percentile' in plans\.json is not one of \['ct', 'per_channel', 'zscore'\]"):
+    with pytest.raises(
+        ValueError, match=r"normalization 'percentile' in plans\.json is not one of \['ct', 'per_channel', 'zscore'\]"
+    ):
         intensity_normalization("image", {"name": "percentile"})
     with pytest.raises(ValueError, match="unexpected keyword argument 'lower'"):
         intensity_normalization("image", {"name": "zscore", "lower": 0.5})

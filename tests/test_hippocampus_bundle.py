@@ -227,12 +227,18 @@ def test_evaluate_writes_per_case_dice_and_hd95(tmp_path):
     bundle("run", tmp_path, "--output_dir", str(tmp_path / "evaluation"), config=["train.json", "evaluate.json"])
     with open(tmp_path / "evaluation" / "dice_raw.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 12 and {"class0", "class1", "mean"} <= set(rows[0])
-    assert np.mean([float(row["class0"]) for row in rows]) > 0.8
-    assert np.mean([float(row["class1"]) for row in rows]) > 0.8
+    assert len(rows) == 12 and list(rows[0]) == ["filename", "anterior", "posterior", "mean"]
+    assert np.mean([float(row["anterior"]) for row in rows]) > 0.8
+    assert np.mean([float(row["posterior"]) for row in rows]) > 0.8
     with open(tmp_path / "evaluation" / "hd95_raw.csv") as handle:
         hd95 = [float(row["mean"]) for row in csv.DictReader(handle)]
     assert len(hd95) == 12 and 0 < np.mean(hd95) < 5.0  # millimetres at 1 mm voxels
+    summary = json.loads((tmp_path / "evaluation" / "summary.json").read_text())
+    assert summary["cases"] == 12 and summary["checkpoints"] == [str(BUNDLE / "models" / "model.pt")]
+    assert summary["labels"]["anterior"]["missed"] == summary["labels"]["posterior"]["missed"] == 0
+    assert summary["labels"]["anterior"]["dice"]["mean"] == pytest.approx(
+        np.mean([float(r["anterior"]) for r in rows]), abs=1e-4
+    )
 
 
 @pytest.mark.integration
