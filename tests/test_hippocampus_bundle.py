@@ -286,6 +286,8 @@ def test_short_training_run_from_another_directory(tmp_path):
         str(tmp_path / "eval"),
         "--max_epochs",
         "1",
+        "--epoch_length",
+        "3",
         "--slices_per_volume",
         "2",
         config="train.json",
