@@ -1,9 +1,12 @@
 """monai_unet2.data: formats (a reader and a writer of one format together, sharing their geometry), datalists and
 files.
 
-- DICOM series: :class:`DicomSeriesReader` (``dicom_series``; checks in ``dicom_checks``).
+- DICOM series: :class:`DicomSeriesReader` (``dicom_series``; a file's frames in ``dicom_headers``, series checks in
+  ``dicom_checks``); single-frame slices and enhanced multi-frame images.
 - DICOM SEG: :func:`seg_to_grid` and :func:`build_dicom_seg` (``dicom_seg``), over the frame geometry shared with
   the series reader (``dicom_geometry``).
+- Reading by content: what a file really is (``file_kinds``), the reader for it and the header checks before any
+  voxel is read (``reading``; NIfTI in ``nifti_checks``, 2D images in ``images2d``), affines (``affines``).
 - Volume files: named read errors and the memory guard (``volumes``).
 - Segmentation outputs: naming, resume and per-format writing (``outputs``).
 - Datasets: nnU-Net v2 and Decathlon layouts and their ``dataset.json`` (``datasets``, ``dataset_json``),
@@ -21,11 +24,20 @@ from .datasets import DatasetDescription, read_dataset, resolve_inside
 from .dicom_checks import DicomSeriesError
 from .dicom_seg import DicomSegError, build_dicom_seg, highdicom_available, seg_to_grid
 from .dicom_series import DicomSeries, DicomSeriesReader, decoder_available
+from .file_kinds import FileKind, sniff
 from .files import OutputWriteError, dicom_files, ensure_output_dir, write_atomically
 from .image_folders import IMAGE_SUFFIXES, image_files, image_folder_datalist, paired_datalist
+from .images2d import Image2DReader
 from .outputs import SegmentationWriter, output_paths, pending_inputs
 from .splits import fold_cases, make_splits, read_splits
-from .volumes import VolumeFileError, available_memory, describe_read_error, header_voxel_count, memory_refusal
+from .volumes import (
+    VolumeFileError,
+    available_memory,
+    describe_read_error,
+    header_geometry,
+    header_voxel_count,
+    memory_refusal,
+)
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -36,6 +48,8 @@ __all__ = [
     "DicomSeries",
     "DicomSeriesError",
     "DicomSeriesReader",
+    "FileKind",
+    "Image2DReader",
     "OutputWriteError",
     "SegmentationWriter",
     "VolumeFileError",
@@ -47,6 +61,7 @@ __all__ = [
     "ensure_output_dir",
     "fold_cases",
     "fold_datalist",
+    "header_geometry",
     "header_voxel_count",
     "highdicom_available",
     "image_files",
@@ -64,6 +79,7 @@ __all__ = [
     "read_splits",
     "resolve_inside",
     "seg_to_grid",
+    "sniff",
     "split_cases",
     "write_atomically",
 ]
