@@ -205,8 +205,11 @@ def test_inference_groups_channel_files_and_reads_dataset_roots(tmp_path):
         "hippocampus_199",
         "hippocampus_225",
     ]
+    os.remove(root / "labelsTr" / "hippocampus_004.nii.gz")
+    shutil.rmtree(root / "imagesTs")  # a labelled or unlabelled dataset without test images: its training images
+    assert len(inference_datalist(root, channels=2)) == 6
     with pytest.raises(DatalistError, match=r"the bundle reads 2 channels, but the images are not named"):
         inference_datalist(SAMPLE / "imagesTr", channels=2)
-    os.remove(root / "imagesTs" / "hippocampus_225_0001.nii.gz")
-    with pytest.raises(DatalistError, match=r"hippocampus_225_0001\.nii\.gz: channel file missing"):
-        inference_datalist(root / "imagesTs", channels=2)
+    os.remove(root / "imagesTr" / "hippocampus_038_0001.nii.gz")
+    with pytest.raises(DatalistError, match=r"hippocampus_038_0001\.nii\.gz: channel file missing"):
+        inference_datalist(root / "imagesTr", channels=2)

@@ -38,7 +38,7 @@ def test_checkpoints_found_in_a_bundle(tmp_path):
     with pytest.raises(FileNotFoundError, match="no trained model"):
         trained_checkpoints(tmp_path)
     single = save(network, tmp_path / "model.pt")
-    assert trained_checkpoints(tmp_path) == [single]
+    assert trained_checkpoints(tmp_path) == [single] == trained_checkpoints(tmp_path, [3])  # no fold: the model
     every = save(network, tmp_path / "fold_all" / "model.pt")
     assert trained_checkpoints(tmp_path) == [every]
     folds = [save(network, tmp_path / fold_dir_name(k) / "model.pt") for k in (10, 2, 0)]

@@ -140,6 +140,8 @@ def fold_datalist(
         splits = make_splits(list(by_name), num_folds or 5)
     if len(by_name) == 1 and split == "validation":
         logger.warning("%s holds a single case: it is validated on the case it trains on", dataset_dir)
+    elif str(fold) == "all" and split == "validation":
+        logger.warning("fold 'all' trains on every case: its validation (fold 0's cases) is not held out")
     return [by_name[name] for name in fold_cases(splits, fold, split)]
 
 
@@ -162,7 +164,7 @@ def inference_datalist(dataset_dir: str | os.PathLike, channels: int = 1) -> lis
     ``dataset_dir`` may be
 
     - a dataset root (it has ``dataset.json``, ``imagesTs/`` or ``imagesTr/``): its test images (``imagesTs`` or
-      the ``dataset.json`` ``test`` list), or its training images when it has no test images;
+      the ``dataset.json`` ``test`` list), or its training images (labels or not) when it has no test images;
     - a folder of images: every NIfTI file and every sub-folder holding DICOM files
       (:func:`~monai_unet2.data.files.dicom_files`; one series per folder), each one case; files named in nnU-Net's
       per-channel way (``<case>_0000.nii.gz``, ``<case>_0001.nii.gz``, ...) are grouped into one case with one
@@ -183,7 +185,7 @@ def inference_datalist(dataset_dir: str | os.PathLike, channels: int = 1) -> lis
     if not root.is_dir():
         raise DatalistError(f"input folder {root} does not exist")
     if (root / "dataset.json").is_file() or (root / "imagesTs").is_dir() or (root / "imagesTr").is_dir():
-        dataset = read_dataset(root)
+        dataset = read_dataset(root, require_labels=False)
         cases = dataset.test or dataset.training
         return [{"image": case["image"], "case": case["case"]} for case in cases]
     grouped = _group_nnunet_channels(root, channels)

@@ -282,6 +282,7 @@ def read_dataset(
     allow_outside_root: bool = False,
     image_dir: str = "imagesTr",
     label_dir: str = "labelsTr",
+    require_labels: bool = True,
 ) -> DatasetDescription:
     """Read a dataset folder in any of the supported layouts: its training cases, test images and names.
 
@@ -290,6 +291,8 @@ def read_dataset(
         allow_outside_root: accept ``dataset.json`` entries and files that resolve outside ``dataset_dir``.
         image_dir: training image folder when ``dataset.json`` does not list the cases.
         label_dir: training label folder when ``dataset.json`` does not list the cases.
+        require_labels: refuse a training case without its label file; ``False`` (to segment the images) keeps
+            the cases and drops the missing labels.
 
     Returns:
         the description, training cases sorted by case name.
@@ -309,13 +312,15 @@ def read_dataset(
     if manifest.training is not None:
         training = manifest.training
     else:
-        training = _discover(root, image_dir, label_dir, endings, channels, True if nnunet else None, True)
+        training = _discover(root, image_dir, label_dir, endings, channels, True if nnunet else None, require_labels)
     if manifest.test is not None:
         test = manifest.test
     else:
         per_channel = True if nnunet else any(isinstance(case["image"], list) for case in training) or None
         test = _discover(root, "imagesTs", "labelsTs", endings, channels, per_channel, False)
     training = sorted(_resolve_entries(root, training, allow_outside_root), key=lambda case: case["case"])
+    if not require_labels:
+        training = [{k: v for k, v in c.items() if k != "label" or os.path.isfile(v)} for c in training]
     test = sorted(_resolve_entries(root, test, allow_outside_root), key=lambda case: case["case"])
     if not training:
         raise DatalistError(

@@ -45,19 +45,23 @@ def trained_checkpoints(models_dir: str | os.PathLike, folds: str | int | Sequen
     Args:
         models_dir: the bundle's ``models/`` folder.
         folds: ``"found"``: every ``fold_<k>/model.pt`` with a numeric ``k``, else ``fold_all/model.pt``, else the
-            single ``model.pt``; or the folds to use (``[0, 2]``, ``"0,2"``, ``"all"``), each of which must exist.
+            single ``model.pt``; or the folds to use (``[0, 2]``, ``"0,2"``, ``"all"``), each of which must exist;
+            a bundle with no fold checkpoint at all (a single ``model.pt``, e.g. shipped weights) uses it for any.
 
     Raises:
         FileNotFoundError: a requested fold that has no checkpoint, or no checkpoint at all.
     """
     root = Path(models_dir)
+    found = {}
+    if root.is_dir():
+        for entry in root.iterdir():
+            match = FOLD_DIR_PATTERN.match(entry.name)
+            if match and (entry / CHECKPOINT).is_file():
+                found[match[1]] = str(entry / CHECKPOINT)
+    if not found and (root / CHECKPOINT).is_file() and folds != "found":
+        logger.info("%s has no fold checkpoints: the single %s stands for fold(s) %s", root, CHECKPOINT, folds)
+        return [str(root / CHECKPOINT)]
     if isinstance(folds, str) and folds == "found":
-        found = {}
-        if root.is_dir():
-            for entry in root.iterdir():
-                match = FOLD_DIR_PATTERN.match(entry.name)
-                if match and (entry / CHECKPOINT).is_file():
-                    found[match[1]] = str(entry / CHECKPOINT)
         numeric = sorted((int(k), path) for k, path in found.items() if k != "all")
         if numeric:
             return [path for _, path in numeric]
