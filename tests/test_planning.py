@@ -192,3 +192,27 @@ def test_a_dataset_without_label_names_asks_for_them(tmp_path):
     shutil.copytree(SHIPPED / "sample_data", tmp_path / "plain")
     with pytest.raises(DatalistError, match=r"does not name its labels .* pass --labels"):
         plan_dataset(tmp_path / "plain", step_seconds=0.5)
+
+
+def test_a_single_dicom_ct_case_is_planned_with_ct_normalisation_and_trains(tmp_path):
+    """A DICOM series folder as the image (the committed TotalSegmentator CT), a label made on its grid (body:
+    above -300 HU), no dataset.json: one case, CT intensities recognised, folds that still train."""
+    from monai.transforms import LoadImage
+
+    from monai_unet2.data import DicomSeriesReader, fold_datalist
+
+    ct = ROOT / "tests" / "data" / "dicom" / "totalseg_ct20" / "ct"
+    shutil.copytree(ct, tmp_path / "ds" / "imagesTr" / "patient_01")
+    volume = LoadImage(reader=DicomSeriesReader(), image_only=True)(str(ct))
+    (tmp_path / "ds" / "labelsTr").mkdir()
+    body = (np.asarray(volume) > -300).astype(np.uint8)
+    nib.save(nib.Nifti1Image(body, np.asarray(volume.affine)), tmp_path / "ds" / "labelsTr" / "patient_01.nii.gz")
+    plan = plan_dataset(tmp_path / "ds", labels={"1": "body"}, step_seconds=0.5)
+    fingerprint = plan.plans["fingerprint"]
+    assert fingerprint["cases"] == 1 and fingerprint["channels"]["0"]["modality"] == "CT"
+    assert fingerprint["channels"]["0"]["modality_from"].startswith("intensities")
+    normalization = plan.plans["normalization"]
+    assert normalization["name"] == "ct" and normalization["lower"][0] >= -300 and normalization["upper"][0] > 0
+    assert plan.plans["slice_axis"] == 2 and plan.plans["spacing"][2] == pytest.approx(2.0, abs=0.01)
+    assert plan.plans["roi_size"] == [256, 256] and plan.splits == [{"train": ["patient_01"], "val": ["patient_01"]}]
+    assert fold_datalist(tmp_path / "ds", "training") == fold_datalist(tmp_path / "ds", "validation")
