@@ -112,7 +112,7 @@ def test_malformed_dataset_json_entries_are_refused_by_index(tmp_path, entry, me
         msd_datalist(tmp_path / "ds")
 
 
-def test_missing_channel_file_extra_channel_and_region_labels_are_named(tmp_path):
+def test_missing_channel_file_extra_channel_regions_and_ignore_labels(tmp_path):
     root = nnunet_dataset(tmp_path / "ds")
     os.remove(root / "imagesTr" / "hippocampus_038_0001.nii.gz")
     with pytest.raises(DatalistError, match=r"imagesTr/hippocampus_038_0001\.nii\.gz: channel file missing: .*"):
@@ -123,9 +123,12 @@ def test_missing_channel_file_extra_channel_and_region_labels_are_named(tmp_path
         read_dataset(root)
     os.remove(root / "imagesTr" / "hippocampus_038_0002.nii.gz")
     manifest = json.loads((root / "dataset.json").read_text())
-    manifest["labels"]["whole"] = [1, 2]
+    manifest["labels"] = {"background": 0, "whole": [1, 2], "posterior": 2}  # nnU-Net regions: one class per value
     (root / "dataset.json").write_text(json.dumps(manifest))
-    with pytest.raises(DatalistError, match=r"label 'whole' is a region"):
+    assert read_dataset(root).labels == {"0": "background", "1": "label_1", "2": "posterior"}
+    manifest["labels"]["ignore"] = 3
+    (root / "dataset.json").write_text(json.dumps(manifest))
+    with pytest.raises(DatalistError, match=r"nnU-Net's 'ignore' label"):
         read_dataset(root)
 
 

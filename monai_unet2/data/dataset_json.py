@@ -16,12 +16,15 @@ one description (:class:`DatasetManifest`), and every malformed entry is refused
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 __all__ = ["DatalistError", "DatasetManifest", "read_manifest"]
+
+logger = logging.getLogger(__name__)
 
 MANIFEST = "dataset.json"
 
@@ -71,16 +74,22 @@ def _index_map(value: Any, where: str) -> dict[str, str]:
 
 
 def _labels(value: Any, where: str) -> dict[str, str]:
-    """Labels in either form (nnU-Net name -> value or Decathlon value -> name) as value -> name, checked."""
+    """Labels in either form (nnU-Net name -> value or Decathlon value -> name) as value -> name, checked.
+
+    nnU-Net's region-based labels (``"whole tumour": [1, 2, 3]``) name unions of the values stored in the label
+    files; this pipeline trains one class per stored value (softmax), so a value that no plain label names gets
+    ``label_<value>`` and a warning lists the regions.
+    """
     if not isinstance(value, Mapping) or not value:
         raise DatalistError(f"{where} must be a non-empty object, got {value!r}")
     by_value: dict[int, str] = {}
+    regions: dict[str, list[int]] = {}
     for key, item in value.items():
         if isinstance(item, (list, tuple)):
-            raise DatalistError(
-                f"{where}: label {key!r} is a region (a list of values, {list(item)}); region-based training is not "
-                "supported: give each value its own label"
-            )
+            if not item or not all(_is_int(v) and not isinstance(v, bool) for v in item):
+                raise DatalistError(f"{where}: region {key!r} must list label values, got {item!r}")
+            regions[str(key)] = sorted(int(v) for v in item)
+            continue
         if isinstance(item, bool):
             raise DatalistError(f"{where}: label {key!r} has the value {item!r}; expected an integer")
         if isinstance(item, int) or (isinstance(item, str) and item.strip().lstrip("-").isdigit() and not _is_int(key)):
@@ -92,6 +101,15 @@ def _labels(value: Any, where: str) -> dict[str, str]:
         if number in by_value:
             raise DatalistError(f"{where}: value {number} is given twice ({by_value[number]!r} and {name!r})")
         by_value[number] = name
+    if regions:
+        for number in sorted({v for values in regions.values() for v in values} - set(by_value)):
+            by_value[number] = f"label_{number}"
+        logger.warning(
+            "%s: region-based labels %s are trained as one class per stored value: %s",
+            where,
+            regions,
+            {number: by_value[number] for number in sorted(by_value)},
+        )
     values = sorted(by_value)
     if values != list(range(len(values))):
         raise DatalistError(f"{where}: label values must be 0 (background), 1, ..., n-1 without gaps; got {values}")

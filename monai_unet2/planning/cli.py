@@ -52,7 +52,7 @@ def parser() -> argparse.ArgumentParser:
     )
     cli.add_argument("--labels", type=_json_object, help='label names when dataset.json has none: \'{"1": "liver"}\'')
     cli.add_argument("--channel_names", type=_json_object, help='channel names (= modality): \'{"0": "CT"}\'')
-    cli.add_argument("--max_cases", type=int, default=100, help="cases read for voxel statistics (default 100)")
+    cli.add_argument("--max_cases", type=int, default=40, help="cases read for voxel statistics (default 40)")
     cli.add_argument("--step_seconds", type=float, help="plan with this training-step time instead of measuring it")
     cli.add_argument("--overwrite", action="store_true", help="replace the configs of an already planned bundle")
     cli.add_argument("--allow_outside_root", action="store_true", help="accept files that resolve outside the dataset")

@@ -10,6 +10,7 @@ is checked; voxel statistics read at most ``max_cases`` cases, evenly spread ove
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -60,6 +61,8 @@ def _file_header(path: str) -> tuple[tuple[int, ...], np.ndarray]:
     if path.endswith((".nii", ".nii.gz")):
         image = nib.load(path)
         return tuple(int(s) for s in image.shape), np.asarray(image.affine, dtype=np.float64)
+    if not os.path.isdir(path):
+        raise DatalistError(f"{path}: the planner reads NIfTI files (.nii, .nii.gz) and DICOM series folders")
     from monai.data.utils import orientation_ras_lps
 
     (series,) = DicomSeriesReader().read_series(path)
@@ -156,7 +159,7 @@ def fingerprint_dataset(
     dataset: DatasetDescription,
     labels: Mapping[str, str],
     channel_names: Mapping[str, str],
-    max_cases: int = 100,
+    max_cases: int = 40,
     samples_per_case: int = 10000,
     seed: int = 1234,
 ) -> dict[str, Any]:

@@ -110,7 +110,7 @@ def plan_dataset(
     overrides: Mapping[str, Any] | None = None,
     labels: Mapping[str, str] | None = None,
     channel_names: Mapping[str, str] | None = None,
-    max_cases: int = 100,
+    max_cases: int = 40,
     step_seconds: float | None = None,
     allow_outside_root: bool = False,
 ) -> Plan:
