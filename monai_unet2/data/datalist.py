@@ -118,6 +118,8 @@ def fold_datalist(
         if not labelled:
             raise DatalistError(f"{dataset.root}: no test case with a label (imagesTs/<case> with labelsTs/<case>)")
         return labelled
+    if split == "all":
+        return list(dataset.training)
     by_name = {case["case"]: case for case in dataset.training}
     splits = None
     if splits_file is not None and os.path.isfile(splits_file):

@@ -118,6 +118,16 @@ def channel_modality(name: str) -> str | None:
     return None
 
 
+def _nonzero_box_fraction(nonzero: np.ndarray) -> float:
+    """Share of the volume inside the bounding box of its non-zero voxels (from per-axis projections, so a large
+    volume costs no index array)."""
+    extents = []
+    for axis in range(nonzero.ndim):
+        projection = np.flatnonzero(np.any(nonzero, axis=tuple(a for a in range(nonzero.ndim) if a != axis)))
+        extents.append(int(projection[-1] - projection[0] + 1) if projection.size else 0)
+    return float(np.prod(extents) / nonzero.size)
+
+
 def _evenly_spaced(count: int, limit: int) -> list[int]:
     if count <= limit:
         return list(range(count))
@@ -225,9 +235,7 @@ def fingerprint_dataset(
             counts[int(value)] += int(count)
             present[int(value)] += 1
         mask = label > 0
-        nonzero = np.argwhere(np.any(image != 0, axis=0))
-        box = (nonzero.max(axis=0) - nonzero.min(axis=0) + 1) if len(nonzero) else np.zeros(3)
-        crop_fractions.append(float(np.prod(box) / np.prod(image.shape[1:])))
+        crop_fractions.append(_nonzero_box_fraction(np.any(image != 0, axis=0)))
         for channel in range(image.shape[0]):
             voxels = image[channel][mask]
             if voxels.size > samples_per_case:

@@ -19,8 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from monai_unet2.data import DatasetDescription, make_splits, read_dataset
-from monai_unet2.data.dataset_json import DatalistError
+from monai_unet2.data import DatalistError, DatasetDescription, make_splits, read_dataset
 
 from . import decisions
 from .fingerprint import fingerprint_dataset
