@@ -216,3 +216,13 @@ def test_a_single_dicom_ct_case_is_planned_with_ct_normalisation_and_trains(tmp_
     assert plan.plans["slice_axis"] == 2 and plan.plans["spacing"][2] == pytest.approx(2.0, abs=0.01)
     assert plan.plans["roi_size"] == [256, 256] and plan.splits == [{"train": ["patient_01"], "val": ["patient_01"]}]
     assert fold_datalist(tmp_path / "ds", "training") == fold_datalist(tmp_path / "ds", "validation")
+
+
+def test_the_command_line_refuses_a_bad_dataset_in_one_line(tmp_path, capsys):
+    from monai_unet2.__main__ import main
+
+    assert main(["plan", "--dataset_dir", str(tmp_path / "missing"), "--bundle_dir", str(tmp_path / "b")]) == 2
+    assert capsys.readouterr().err.strip() == f"plan: dataset folder {tmp_path / 'missing'} does not exist"
+    assert main(["plan", "--dataset_dir", str(tmp_path), "--bundle_dir", str(tmp_path / "b"), "--override", "x=1"]) == 2
+    assert "--override x: not a planning decision" in capsys.readouterr().err
+    assert main([]) == 2 and "plan" in capsys.readouterr().out
