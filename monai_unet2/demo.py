@@ -56,13 +56,13 @@ def print_dice_table(dice_csv: Path, class_names: tuple[str, ...] | None = None)
     """Print the per-case Dice table written by the bundle's ``evaluate.json`` and return the per-class means.
 
     Args:
-        dice_csv: ``dice_raw.csv`` from MONAI's ``MetricsSaver`` (one row per case, one column per class).
+        dice_csv: ``dice_raw.csv`` of the evaluation report (one row per case, one column per label name).
         class_names: names of the foreground classes in column order; default the bundle's labels.
     """
     class_names = class_names or foreground_names()
     with open(dice_csv, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    columns = [f"class{index}" for index in range(len(class_names))]
+    columns = list(class_names)
     header = f"{'case':<22}" + "".join(f"{name:>12}" for name in class_names) + f"{'mean':>10}"
     print(header)
     print("-" * len(header))
@@ -109,11 +109,12 @@ def main(argv: list[str] | None = None) -> None:
         ckpt_dir=str(train_dir / "models"),
         output_dir=str(train_dir / "eval"),
         max_epochs=args.epochs,
+        epoch_length=3,  # one pass over the 9 training volumes of the sample, 4 per batch
     )
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{train_dir / 'eval' / 'mlflow.db'}"
     print(f"\nDone in {time.time() - started:.0f} s.")
     print("Shipped model, mean Dice on the sample: " + ", ".join(f"{name} {dice:.3f}" for name, dice in means.items()))
-    print(f"Checkpoint of the short run: {train_dir / 'models' / 'model.pt'}")
+    print(f"Checkpoint of the short run: {train_dir / 'models' / 'fold_0' / 'model.pt'}")
     print("Look at the tracked run (metrics, config, prediction overlays) with:")
     print(f"    .venv/bin/mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000")
 

@@ -39,7 +39,7 @@ def bundle_with(tmp_path: Path, **files: dict) -> Path:
 def test_the_shipped_bundle_reads_its_facts():
     assert read_plans(BUNDLE)["context_slices"] == 2
     assert label_names(BUNDLE) == {"0": "background", "1": "anterior", "2": "posterior"}
-    assert input_channel_names(BUNDLE) == {"0": "image"}
+    assert input_channel_names(BUNDLE) == {"0": "MRI"}
 
 
 def test_a_missing_fact_names_the_file_and_the_key(tmp_path):
@@ -112,7 +112,9 @@ def test_an_unknown_normalisation_is_refused():
     assert type(intensity_normalization("image", {"name": "zscore", "nonzero": True})[0]).__name__ == (
         "NormalizeIntensityd"
     )
-    with pytest.raises(ValueError, match=r"normalization 'percentile' in plans\.json is not one of \['zscore'\]"):
+    with pytest.raises(
+        ValueError, match=r"normalization 'percentile' in plans\.json is not one of \['ct', 'per_channel', 'zscore'\]"
+    ):
         intensity_normalization("image", {"name": "percentile"})
     with pytest.raises(ValueError, match="unexpected keyword argument 'lower'"):
         intensity_normalization("image", {"name": "zscore", "lower": 0.5})

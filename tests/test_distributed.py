@@ -168,7 +168,9 @@ def evaluate_checkpoint(checkpoint: Path, output_dir: Path) -> tuple[dict, torch
     parser.get_parsed_content("initialize")
     evaluator = parser.get_parsed_content("validate#evaluator")
     evaluator.run()
-    return evaluator.state.metrics, evaluator.state.metric_details["dice"]
+    rows = parser.get_parsed_content("validate#report").rows
+    per_volume = torch.tensor([[row[name]["dice"] for name in ("anterior", "posterior")] for row in rows])
+    return {"dice": evaluator.state.metrics["mean_dice"]}, per_volume
 
 
 @pytest.mark.integration
@@ -210,6 +212,8 @@ def test_two_gloo_ranks_train_one_epoch_with_one_run_one_checkpoint_and_the_chec
             str(tmp_path / "eval"),
             "--max_epochs",
             "1",
+            "--epoch_length",
+            "2",
             "--slices_per_volume",
             "2",
         ],
@@ -218,8 +222,9 @@ def test_two_gloo_ranks_train_one_epoch_with_one_run_one_checkpoint_and_the_chec
     )
     assert output.count("Got new best metric of val_mean_dice") == 1  # rank 1 logs warnings and errors only
 
-    assert sorted(path.name for path in (tmp_path / "models").iterdir()) == ["model.pt", "training_state.pt"]
-    state = torch.load(tmp_path / "models" / "training_state.pt", weights_only=True)
+    assert sorted(path.name for path in (tmp_path / "models").iterdir()) == ["fold_0", "model.pt"]
+    assert sorted(path.name for path in (tmp_path / "models" / "fold_0").iterdir()) == ["model.pt", "training_state.pt"]
+    state = torch.load(tmp_path / "models" / "fold_0" / "training_state.pt", weights_only=True)
     assert state["trainer"]["iteration"] == state["trainer"]["epoch_length"]  # one epoch, written once by rank 0
     assert all(key.startswith("module.") for key in state["network"])  # the DDP network, resumable by this config
     assert bundle_eval_existed or not (HIPPOCAMPUS / "eval").exists()

@@ -25,6 +25,8 @@ DCMQI_CT = ROOT / "tests" / "data" / "dicom" / "dcmqi_ct3slice" / "ct"
 CASE = "hippocampus_004.nii.gz"
 #: the dataset facts plans.json states and train.json / inference.json expose as ids of the same name
 FACTS = ("orientation", "spacing", "slice_axis", "context_slices", "normalization", "roi_size")
+#: the training budget plans.json states and train.json exposes
+BUDGET = ("max_epochs", "epoch_length", "volumes_per_batch", "slices_per_volume", "val_interval", "learning_rate")
 
 
 def bundle(command: str, cwd: Path, *args: str, config: str | list[str] | None = None, timeout: int = 600) -> str:
@@ -57,6 +59,7 @@ def test_each_fact_is_stated_once():
             assert config[fact] == f"$@plans['{fact}']", (name, fact)
             assert all(fact not in overlay for overlay in overlays.values()), fact
         assert config["num_classes"] == "$len(@labels)"
+        assert all(config[key] == f"$@plans['{key}']" for key in BUDGET if name == "train.json")
         assert config["in_channels"] == "$(2 * @context_slices + 1) * len(@input_channels)"
     assert set(FACTS) <= set(plans) and "in_channels" not in plans["network"]
     assert metadata["network_data_format"]["outputs"]["pred"]["channel_def"] == {
@@ -73,7 +76,7 @@ def test_each_fact_is_stated_once():
 
 def test_training_validation_and_inference_preprocess_a_volume_alike():
     train, inference = parser("train.json"), parser("inference.json")
-    assert read("train.json")["validate"]["inferer"] == read("inference.json")["inferer"]
+    assert read("train.json")["slice_inferer"] == read("inference.json")["inferer"]["inferer"]
     image, label = SAMPLE / "imagesTr" / CASE, SAMPLE / "labelsTr" / CASE
     inferred = inference.get_parsed_content("preprocessing")({"image": str(image)})
     validated = train.get_parsed_content("validate#preprocessing")({"image": str(image), "label": str(label)})
@@ -224,12 +227,18 @@ def test_evaluate_writes_per_case_dice_and_hd95(tmp_path):
     bundle("run", tmp_path, "--output_dir", str(tmp_path / "evaluation"), config=["train.json", "evaluate.json"])
     with open(tmp_path / "evaluation" / "dice_raw.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 12 and {"class0", "class1", "mean"} <= set(rows[0])
-    assert np.mean([float(row["class0"]) for row in rows]) > 0.8
-    assert np.mean([float(row["class1"]) for row in rows]) > 0.8
+    assert len(rows) == 12 and list(rows[0]) == ["filename", "anterior", "posterior", "mean"]
+    assert np.mean([float(row["anterior"]) for row in rows]) > 0.8
+    assert np.mean([float(row["posterior"]) for row in rows]) > 0.8
     with open(tmp_path / "evaluation" / "hd95_raw.csv") as handle:
         hd95 = [float(row["mean"]) for row in csv.DictReader(handle)]
     assert len(hd95) == 12 and 0 < np.mean(hd95) < 5.0  # millimetres at 1 mm voxels
+    summary = json.loads((tmp_path / "evaluation" / "summary.json").read_text())
+    assert summary["cases"] == 12 and summary["checkpoints"] == [str(BUNDLE / "models" / "model.pt")]
+    assert summary["labels"]["anterior"]["missed"] == summary["labels"]["posterior"]["missed"] == 0
+    assert summary["labels"]["anterior"]["dice"]["mean"] == pytest.approx(
+        np.mean([float(r["anterior"]) for r in rows]), abs=1e-4
+    )
 
 
 @pytest.mark.integration
@@ -277,6 +286,8 @@ def test_short_training_run_from_another_directory(tmp_path):
         str(tmp_path / "eval"),
         "--max_epochs",
         "1",
+        "--epoch_length",
+        "3",
         "--slices_per_volume",
         "2",
         config="train.json",

@@ -93,7 +93,7 @@ def _train(folder: Path, *args: str, uri: str | None, cwd: Path | None = None, w
     command = [
         sys.executable, "-m", "monai.bundle", "run",
         "--config_file", str(BUNDLE / "configs" / "train.json"), "--bundle_root", str(BUNDLE),
-        "--ckpt_dir", str(folder / "models"), "--output_dir", str(folder / "eval"), *args,
+        "--ckpt_dir", str(folder / "models"), "--output_dir", str(folder / "eval"), "--epoch_length", "3", *args,
     ]  # fmt: skip
     log = folder / "train.log"
     process = subprocess.Popen(

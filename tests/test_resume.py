@@ -37,6 +37,8 @@ def train_command(folder: Path, *extra: str) -> list[str]:
         str(folder / "eval"),
         "--max_epochs",
         str(MAX_EPOCHS),
+        "--epoch_length",
+        "3",
         "--slices_per_volume",
         "2",
         *extra,
@@ -77,7 +79,7 @@ def kill_when(folder: Path, marker: str) -> str:
 
 
 def training_state(folder: Path) -> dict:
-    return torch.load(folder / "models" / "training_state.pt", weights_only=True)
+    return torch.load(folder / "models" / "fold_0" / "training_state.pt", weights_only=True)
 
 
 def only_run(folder: Path):

@@ -29,7 +29,7 @@ from monai.transforms import (
 )
 
 from monai_unet2.handlers import class_output_transform
-from monai_unet2.transforms import CheckVolumed
+from monai_unet2.transforms import CaseNamed, ChannelNormalized, CheckVolumed
 
 from .facts import PLANS_FILE
 
@@ -47,15 +47,54 @@ def _zscore(keys: Sequence[str], channel_wise: bool = True, nonzero: bool = Fals
     return [NormalizeIntensityd(keys, channel_wise=channel_wise, nonzero=nonzero)]
 
 
+def _per_channel_values(value: float | Sequence[float], channels: int, name: str) -> list[float]:
+    values = [float(value)] * channels if isinstance(value, (int, float)) else [float(v) for v in value]
+    if len(values) != channels:
+        raise TypeError(f"'{name}' has {len(values)} values for {channels} channel(s)")
+    return values
+
+
+def _ct(
+    keys: Sequence[str],
+    lower: float | Sequence[float],
+    upper: float | Sequence[float],
+    mean: float | Sequence[float],
+    std: float | Sequence[float],
+) -> list[MapTransform]:
+    channels = max(len(v) if isinstance(v, Sequence) else 1 for v in (lower, upper, mean, std))
+    bounds = {
+        name: _per_channel_values(v, channels, name)
+        for name, v in zip(("lower", "upper", "mean", "std"), (lower, upper, mean, std))
+    }
+    schemes = [{"name": "ct", **{name: values[c] for name, values in bounds.items()}} for c in range(channels)]
+    return [ChannelNormalized(keys, schemes)]
+
+
+def _per_channel(keys: Sequence[str], channels: Sequence[Mapping[str, Any]]) -> list[MapTransform]:
+    try:
+        return [ChannelNormalized(keys, channels)]
+    except ValueError as error:
+        raise TypeError(str(error)) from error
+
+
 #: normalisation ``name`` in ``plans.json`` -> builder of its transforms (the other keys are its arguments)
-NORMALIZATIONS: dict[str, Callable[..., list[MapTransform]]] = {"zscore": _zscore}
+NORMALIZATIONS: dict[str, Callable[..., list[MapTransform]]] = {
+    "zscore": _zscore,
+    "ct": _ct,
+    "per_channel": _per_channel,
+}
 
 
 def intensity_normalization(keys: str | Sequence[str], normalization: Mapping[str, Any]) -> list[MapTransform]:
     """The intensity normalisation that ``plans.json`` names, e.g. ``{"name": "zscore", "channel_wise": true}``.
 
-    ``zscore``: subtract the mean and divide by the standard deviation of each volume (per channel with
-    ``channel_wise``, over the non-zero voxels only with ``nonzero``), MONAI's ``NormalizeIntensityd``.
+    - ``zscore``: subtract the mean and divide by the standard deviation of each volume (per channel with
+      ``channel_wise``, over the non-zero voxels only with ``nonzero``), MONAI's ``NormalizeIntensityd``.
+    - ``ct``: ``lower``, ``upper``, ``mean``, ``std`` (one value, or one per channel): clip to the training set's
+      foreground percentiles, then z-score with its foreground statistics, as nnU-Net does for CT
+      (:class:`~monai_unet2.transforms.ChannelNormalized`).
+    - ``per_channel``: ``channels``, one scheme per channel (``{"name": "ct", "lower": ..., ...}``,
+      ``{"name": "zscore", "nonzero": false}``, ``{"name": "none"}``), for images that mix modalities.
 
     Args:
         keys: the image keys.
@@ -90,8 +129,9 @@ def volume_preprocessing(
     Channel first; refuse volumes that are empty, not 3D, have the wrong number of channels, non-finite values,
     label values other than ``labels``, or an image and label on different grids (:class:`CheckVolumed`); reorient
     to ``orientation``; resample to ``spacing`` (bilinear for images, nearest for labels); image ``float32``, label
-    ``uint8``; normalise intensities. The spatial steps are invertible, so ``Invertd`` maps a prediction back to
-    the input's grid.
+    ``uint8``; normalise intensities; name a case read from per-channel files after the case
+    (:class:`~monai_unet2.transforms.CaseNamed`, so outputs are ``<case>_seg.nii.gz``). The spatial steps are
+    invertible, so ``Invertd`` maps a prediction back to the input's grid.
 
     Args:
         image_key: key of the image.
@@ -122,6 +162,7 @@ def volume_preprocessing(
     transforms.append(EnsureTyped(keys, dtype=[torch.float32, torch.uint8][: len(keys)]))
     if normalization is not None:
         transforms += intensity_normalization(image_key, normalization)
+    transforms.append(CaseNamed(image_key))
     return transforms
 
 

@@ -10,7 +10,9 @@ runs these checks on the datalist of an inference config, in this order, and ret
 1. inputs stay inside ``dataset_dir``: an input that is, or is reached through, a symbolic link pointing out of the
    folder is refused with the link and its target named (``allow_outside_root=True`` allows it); the output folder
    is not the input folder (its outputs would be the next run's inputs);
-2. every other entry of the folder is logged as skipped, with what it holds (hidden files at INFO level);
+2. every other entry of the folder is logged as skipped, with what it holds (hidden files at INFO level); an image
+   left out whose output would be an input's (a listing keyed by name keeps one of ``x.nii`` and ``x.nii.gz``) is
+   refused as a name conflict;
 3. no two inputs share an output and no output replaces an input
    (:func:`~monai_unet2.data.outputs.check_output_names`);
 4. the output folder exists or can be created, a file can be written in it, and no output name is taken by a folder;
@@ -31,7 +33,7 @@ from typing import Any
 from monai_unet2.data.datalist import DatalistError
 from monai_unet2.data.file_kinds import sniff
 from monai_unet2.data.files import OutputWriteError, dicom_files, ensure_output_dir
-from monai_unet2.data.outputs import check_output_names, output_paths, output_source, pending_inputs
+from monai_unet2.data.outputs import OutputNameError, check_output_names, output_paths, output_source, pending_inputs
 
 __all__ = ["batch_datalist", "check_writable", "links_out_of"]
 
@@ -128,20 +130,42 @@ def check_writable(output_dir: str | os.PathLike) -> None:
         ) from error
 
 
-def _report_skipped(folder: Path, inputs: set[Path]) -> None:
+def _unlisted(folder: Path, inputs: set[Path]) -> list[tuple[Path, str, bool]]:
+    """The entries of ``folder`` that are no input: (entry, why, whether it holds an image), logged as skipped."""
+    found = []
     for entry in sorted(folder.iterdir()):
-        if _resolved(entry) in inputs:
+        target = _resolved(entry)
+        if target in inputs:
             continue
-        if _resolved(entry) is None:
-            logger.warning(f"{entry}: skipped, a symbolic link loop")
-            continue
-        if entry.name.startswith("."):
-            logger.info(f"{entry}: skipped, a hidden file or folder")
-            continue
-        if entry.is_dir() and next(dicom_files(entry, log_ignored=False), None) is None:
-            logger.warning(f"{entry}: skipped, a folder without DICOM files")
-            continue
-        logger.warning(f"{entry}: skipped, not an input of this batch ({sniff(entry).description})")
+        if target is None:
+            found.append((entry, "a symbolic link loop", False))
+        elif entry.name.startswith("."):
+            found.append((entry, "a hidden file or folder", False))
+        elif entry.is_dir() and next(dicom_files(entry, log_ignored=False), None) is None:
+            found.append((entry, "a folder without DICOM files", False))
+        else:
+            kind = sniff(entry)
+            found.append((entry, f"not an input of this batch ({kind.description})", kind.family is not None))
+    for entry, why, _ in found:
+        (logger.info if entry.name.startswith(".") else logger.warning)(f"{entry}: skipped, {why}")
+    return found
+
+
+def _named_like_an_input(unlisted: list[Path], datalist: Sequence, naming: tuple, image_key: str) -> list[str]:
+    """Images left out of the datalist whose outputs would be an input's: a dataset listing keyed by name keeps one of
+    ``x.nii`` and ``x.nii.gz`` (or a series folder ``x`` and ``x.nii.gz``) and drops the other without a word."""
+    claimed = {}
+    for entry in datalist:
+        source = output_source(entry, image_key)
+        for path in output_paths(source, *naming):
+            claimed[os.path.normcase(path).lower()] = source
+    problems = []
+    for entry in unlisted:
+        for path in output_paths(str(entry), *naming):
+            source = claimed.get(os.path.normcase(path).lower())
+            if source is not None:
+                problems.append(f"{entry} and {source} would both be written to {os.path.basename(path)}")
+    return problems
 
 
 def batch_datalist(
@@ -189,8 +213,16 @@ def batch_datalist(
                 "Inputs are read only from inside --dataset_dir: copy the files in, or pass --allow_outside_root True "
                 "if these links are intended"
             )
+        images = []
         for listing in sorted({path.parent for path in inputs if _inside(path, root)} or {root}):
-            _report_skipped(listing, inputs)
+            images += [entry for entry, _, image in _unlisted(listing, inputs) if image]
+        naming = (output_dir, output_postfix, output_format)
+        hidden = _named_like_an_input(images, datalist, naming, image_key)
+        if hidden:
+            raise OutputNameError(
+                f"{len(hidden)} output name conflict(s) in {os.fspath(output_dir)}, nothing was run: {'; '.join(hidden)} "
+                "(only one of each was listed as an input). Rename one of each so that their names without suffix differ"
+            )
     check_output_names(datalist, output_dir, output_postfix, output_format, image_key)
     check_writable(output_dir)
     outputs = [

@@ -31,6 +31,7 @@ from monai.utils import CommonKeys
 
 from monai_unet2.engines.datasets import IsolatedCases, case_source, failures_in
 from monai_unet2.engines.failures import BatchFailedError, CaseFailedError, CaseFailure, error_chain
+from monai_unet2.handlers.weights import WeightsFileError
 
 __all__ = ["BatchEvaluator"]
 
@@ -57,11 +58,14 @@ _BATCH_ERRNOS = {
 
 
 def _stops_the_batch(error: BaseException | None) -> str | None:
-    """Why ``error`` ends the batch (a full disk, ...), or ``None`` for an error of one case."""
+    """Why ``error`` ends the batch (a full disk, weights that cannot be used, ...), or ``None`` for an error of one
+    case."""
     for link in error_chain(error) if error is not None else ():
         reason = _BATCH_ERRNOS.get(getattr(link, "errno", None))
         if reason:
             return reason
+        if isinstance(link, WeightsFileError):  # weights loaded with the first case (fold ensembles)
+            return "weights that cannot be used"
     return None
 
 

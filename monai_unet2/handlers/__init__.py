@@ -11,7 +11,7 @@ from .checkpoints import (
 from .metrics import class_output_transform
 from .progress import EpochProgressBar
 from .references import handler_reference
-from .weights import SafeCheckpointLoader, WeightsFileError, describe_weights_error, load_weights
+from .weights import SafeCheckpointLoader, WeightsFileError, describe_weights_error, load_weights, load_weights_into
 
 __all__ = [
     "AtomicCheckpointSaver",
@@ -26,5 +26,6 @@ __all__ = [
     "describe_weights_error",
     "handler_reference",
     "load_weights",
+    "load_weights_into",
     "save_checkpoint_atomically",
 ]

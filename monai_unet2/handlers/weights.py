@@ -24,7 +24,7 @@ import torch
 from ignite.engine import Engine
 from monai.handlers import CheckpointLoader
 
-__all__ = ["SafeCheckpointLoader", "WeightsFileError", "describe_weights_error", "load_weights"]
+__all__ = ["SafeCheckpointLoader", "WeightsFileError", "describe_weights_error", "load_weights", "load_weights_into"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,27 @@ def load_weights(path: str | os.PathLike, map_location: Any = None) -> Any:
         if _is_unpickling_refusal(error):
             raise WeightsFileError(message) from None  # torch's text recommends weights_only=False
         raise WeightsFileError(message) from error
+
+
+def load_weights_into(network: torch.nn.Module, path: str | os.PathLike, map_location: Any = None) -> torch.nn.Module:
+    """Load the state dict at ``path`` into ``network`` (strictly), with errors that name the file
+    (:class:`WeightsFileError`): a file that is not plain weights, or weights of another network (summarised: how many
+    tensors are missing, unexpected or of another shape, instead of torch's list of every key).
+
+    Args:
+        network: the network to load into.
+        path: the weights file (a state dict).
+        map_location: where to put the tensors (``torch.load``'s argument).
+
+    Returns:
+        ``network``.
+    """
+    state = load_weights(path, map_location)
+    try:
+        network.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as error:
+        raise WeightsFileError(_mismatch(os.fspath(path), error)) from error
+    return network
 
 
 def _mismatch(path: str, error: BaseException) -> str:
