@@ -49,17 +49,23 @@ def _refusal(datalist, output_dir, **kwargs) -> str:
 
 def test_colliding_output_names_are_refused_naming_both_inputs(tmp_path):
     folder = _folder(tmp_path, "x.nii.gz", "x.nii", "other.nii.gz")
-    datalist = inference_datalist(folder)
-    assert len(datalist) == 3
+    datalist = [{"image": str(folder / name)} for name in ("other.nii.gz", "x.nii", "x.nii.gz")]
     message = _refusal(datalist, tmp_path / "out")
     assert f"{folder / 'x.nii'} and {folder / 'x.nii.gz'} would both be written to x_seg.nii.gz" in message
     assert "other" not in message and "\n" not in message
+    listed = inference_datalist(folder)  # the folder listing keeps one "x" of the two ...
+    assert len(listed) == 2
+    with pytest.raises(OutputNameError, match=f"{folder / 'x.nii'} and {folder / 'x.nii.gz'} would both be written"):
+        batch_datalist(listed, folder, tmp_path / "out")  # ... and the batch refuses instead of dropping the other
+    assert not (tmp_path / "out").exists()
 
     series = folder / "x"  # a DICOM series folder named like a NIfTI input
     shutil.copytree(CT3, series)
     (folder / "x.nii").unlink()
-    message = _refusal(inference_datalist(folder), tmp_path / "out")
+    message = _refusal([{"image": str(series)}, {"image": str(folder / "x.nii.gz")}], tmp_path / "out")
     assert f"{series} and {folder / 'x.nii.gz'} would both be written to x_seg.nii.gz" in message
+    with pytest.raises(OutputNameError, match="would both be written to x_seg.nii.gz"):
+        batch_datalist(inference_datalist(folder), folder, tmp_path / "out")
 
     pngs = tmp_path / "pngs"
     pngs.mkdir()
@@ -160,8 +166,8 @@ def test_every_entry_that_is_no_input_is_named_with_what_it_holds(tmp_path, capl
     (folder / "loop.nii.gz").symlink_to(folder / "loop.nii.gz")
     with Image.open(DRIVE_IMAGE) as image:
         image.save(folder / "fundus.png")
-    with caplog.at_level(logging.INFO, logger="monai_unet2"):
-        entries = batch_datalist(inference_datalist(folder), folder, tmp_path / "out")
+    with caplog.at_level(logging.INFO, logger="monai_unet2"):  # listed by hand: the folder listing fails on the loop
+        entries = batch_datalist([{"image": str(folder / "case.nii.gz")}], folder, tmp_path / "out")
     assert len(entries) == 1
     skipped = {record.getMessage() for record in caplog.records if "skipped" in record.getMessage()}
     assert (

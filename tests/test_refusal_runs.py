@@ -131,8 +131,9 @@ def test_training_with_a_label_on_another_grid_exits_1_with_the_reason(tmp_path)
 
 
 def test_the_projects_commands_never_evaluate_their_arguments(tmp_path, monkeypatch):
-    """``python -m monai_unet2.tracking`` takes a ``$`` value literally (MONAI's command line would run it); the demo
-    hands MONAI's runner only absolute paths and numbers, which its parser never evaluates."""
+    """``python -m monai_unet2.tracking`` and ``python -m monai_unet2 plan`` take a ``$`` value literally (MONAI's
+    command line would run it); the demo hands MONAI's runner only absolute paths and numbers, which its parser never
+    evaluates."""
     from monai_unet2 import demo
 
     marker = tmp_path / "marker"
@@ -141,6 +142,11 @@ def test_the_projects_commands_never_evaluate_their_arguments(tmp_path, monkeypa
     tracking = [sys.executable, "-m", "monai_unet2.tracking", "export-bundle", payload, payload]
     result = subprocess.run(tracking, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and not marker.exists()
+
+    from monai_unet2.__main__ import main as package_main
+
+    status = package_main(["plan", "--dataset_dir", payload, "--bundle_dir", str(tmp_path / "bundle")])
+    assert status != 0 and not marker.exists()
 
     handed: list[dict] = []
 
