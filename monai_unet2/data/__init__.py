@@ -3,7 +3,8 @@ files.
 
 - DICOM series: :class:`DicomSeriesReader` (``dicom_series``; checks in ``dicom_checks``).
 - DICOM SEG: :func:`seg_to_grid` and :func:`build_dicom_seg` (``dicom_seg``), over the frame geometry shared with
-  the series reader (``dicom_geometry``).
+  the series reader (``dicom_geometry``); what a SEG says about its segments and its maker, from a bundle's
+  metadata: :class:`SegDescription` (``seg_description``).
 - Volume files: named read errors and the memory guard (``volumes``).
 - Segmentation outputs: naming, resume and per-format writing (``outputs``).
 - Datalists: Decathlon folders, splits, folders to segment (``datalist``) and 2D image folders (``image_folders``).
@@ -19,6 +20,7 @@ from .dicom_series import DicomSeries, DicomSeriesReader, decoder_available
 from .files import OutputWriteError, dicom_files, ensure_output_dir, write_atomically
 from .image_folders import IMAGE_SUFFIXES, image_files, image_folder_datalist, paired_datalist
 from .outputs import SegmentationWriter, output_paths, pending_inputs
+from .seg_description import SegDescription, SegmentCoding
 from .volumes import VolumeFileError, available_memory, describe_read_error, header_voxel_count, memory_refusal
 
 __all__ = [
@@ -29,6 +31,8 @@ __all__ = [
     "DicomSeriesError",
     "DicomSeriesReader",
     "OutputWriteError",
+    "SegDescription",
+    "SegmentCoding",
     "SegmentationWriter",
     "VolumeFileError",
     "available_memory",

@@ -7,7 +7,8 @@
   :class:`PredictionPreview`: preview PNGs of validation predictions.
 - :class:`RegisterBestModel`: best checkpoint → registry version, aliases ``champion`` / ``challenger``.
 - :func:`load_model`, :func:`export_bundle`, :func:`local_weights`: registered versions back as a network, a bundle
-  folder, or weights for ``CheckpointLoader``. ``python -m monai_unet2.tracking export-bundle URI DEST``.
+  folder, or weights for ``CheckpointLoader``; :func:`seg_description`: what a DICOM SEG records about the model
+  (bundle and registry version). ``python -m monai_unet2.tracking export-bundle URI DEST``.
 """
 
 from .bundle_model import (
@@ -17,6 +18,9 @@ from .bundle_model import (
     is_mlflow_uri,
     load_model,
     local_weights,
+    registered_version,
+    seg_description,
+    weights_origin,
 )
 from .mlflow_handler import TrackedMLFlowHandler
 from .previews import PredictionPreview, render_preview
@@ -53,6 +57,9 @@ __all__ = [
     "package_versions",
     "read_bundle_version",
     "register_bundle_version",
+    "registered_version",
     "render_preview",
+    "seg_description",
     "unique_run_name",
+    "weights_origin",
 ]
