@@ -101,7 +101,7 @@ def test_dcmqi_decodes_it_voxel_for_voxel_with_the_bundles_codes(ct20_seg, tmp_p
     assert sorted(attributes) == [1, 2]
 
     to_ct = np.linalg.inv(affine)
-    for number, item in attributes.items():
+    for number in attributes:
         decoded = nib.load(tmp_path / f"{number}.nii.gz")
         points = np.argwhere(np.asarray(decoded.dataobj) > 0)
         world = decoded.affine[:3, :3] @ points.T + decoded.affine[:3, 3:]

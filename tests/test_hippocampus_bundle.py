@@ -240,7 +240,7 @@ def test_dicom_series_input_gets_nifti_and_dicom_seg_on_the_ct_grid(tmp_path):
     from monai_unet2.data import DicomSeriesReader, seg_to_grid
 
     shutil.copytree(DCMQI_CT, tmp_path / "inputs" / "ct_series")
-    bundle(
+    output = bundle(
         "run",
         tmp_path,
         "--dataset_dir",
@@ -249,8 +249,11 @@ def test_dicom_series_input_gets_nifti_and_dicom_seg_on_the_ct_grid(tmp_path):
         str(tmp_path / "out"),
         "--output_format",
         "dicom_seg",
+        "--force_modality",
+        "True",  # an MR model on a CT: refused without it (tests/test_modality_guard.py)
         config="inference.json",
     )
+    assert "DICOM Modality CT, but this model was trained on MR" in output and "segmenting it anyway" in output
     ct = LoadImage(reader=DicomSeriesReader(), image_only=True)(str(DCMQI_CT))
     label = nib.load(tmp_path / "out" / "ct_series_seg.nii.gz")
     assert label.shape == tuple(ct.shape)

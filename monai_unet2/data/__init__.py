@@ -5,7 +5,8 @@ files.
 - DICOM SEG: :func:`seg_to_grid` and :func:`build_dicom_seg` (``dicom_seg``), over the frame geometry shared with
   the series reader (``dicom_geometry``); what a SEG says about its segments and its maker, from a bundle's
   metadata: :class:`SegDescription` (``seg_description``).
-- Volume files: named read errors and the memory guard (``volumes``).
+- Volume files: named read errors and the memory guard (``volumes``); whether an input is the modality a model
+  expects (``modality``).
 - Segmentation outputs: naming, resume and per-format writing (``outputs``).
 - Datalists: Decathlon folders, splits, folders to segment (``datalist``) and 2D image folders (``image_folders``).
 - Files: atomic writes, output folders, the DICOM folder scanner (``files``).
@@ -19,6 +20,7 @@ from .dicom_seg import DicomSegError, build_dicom_seg, highdicom_available, seg_
 from .dicom_series import DicomSeries, DicomSeriesReader, decoder_available
 from .files import OutputWriteError, dicom_files, ensure_output_dir, write_atomically
 from .image_folders import IMAGE_SUFFIXES, image_files, image_folder_datalist, paired_datalist
+from .modality import ExpectedInput, ModalityMismatchError
 from .outputs import SegmentationWriter, output_paths, pending_inputs
 from .seg_description import SegDescription, SegmentCoding
 from .volumes import VolumeFileError, available_memory, describe_read_error, header_voxel_count, memory_refusal
@@ -30,6 +32,8 @@ __all__ = [
     "DicomSeries",
     "DicomSeriesError",
     "DicomSeriesReader",
+    "ExpectedInput",
+    "ModalityMismatchError",
     "OutputWriteError",
     "SegDescription",
     "SegmentCoding",

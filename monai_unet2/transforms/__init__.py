@@ -1,8 +1,9 @@
-"""monai_unet2.transforms: dictionary (and array) transforms: safe loading and checks, DICOM SEG loading, 2.5D slice
-sampling, signed distance maps and saving. The readers and writers behind them are in :mod:`monai_unet2.data`."""
+"""monai_unet2.transforms: dictionary (and array) transforms: safe loading and checks, the modality guard, DICOM SEG
+loading, 2.5D slice sampling, signed distance maps and saving. The readers and writers behind them are in :mod:`monai_unet2.data`."""
 
 from .checks import CheckVolumeD, CheckVolumed, CheckVolumeDict, grid_distance_mm
 from .distance import SignedDistanceMapd, signed_distance_map
+from .guards import CheckModalityD, CheckModalityd, CheckModalityDict
 from .io import (
     LoadDicomSegD,
     LoadDicomSegd,
@@ -27,6 +28,9 @@ from .slices import (
 )
 
 __all__ = [
+    "CheckModalityD",
+    "CheckModalityDict",
+    "CheckModalityd",
     "CheckVolumeD",
     "CheckVolumeDict",
     "CheckVolumed",
