@@ -218,7 +218,11 @@ def test_two_gloo_ranks_train_one_epoch_with_one_run_one_checkpoint_and_the_chec
     )
     assert output.count("Got new best metric of val_mean_dice") == 1  # rank 1 logs warnings and errors only
 
-    assert sorted(path.name for path in (tmp_path / "models").iterdir()) == ["model.pt", "training_state.pt"]
+    assert sorted(path.name for path in (tmp_path / "models").iterdir()) == [
+        "model.pt",
+        "model.pt.trained.json",  # WeightsGuard's record: these weights were written by a training
+        "training_state.pt",
+    ]
     state = torch.load(tmp_path / "models" / "training_state.pt", weights_only=True)
     assert state["trainer"]["iteration"] == state["trainer"]["epoch_length"]  # one epoch, written once by rank 0
     assert all(key.startswith("module.") for key in state["network"])  # the DDP network, resumable by this config

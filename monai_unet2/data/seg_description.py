@@ -43,7 +43,9 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 __all__ = [
+    "ANATOMICAL_STRUCTURE",
     "SEG_METADATA_KEY",
+    "TISSUE",
     "SegDescription",
     "SegmentCoding",
     "clean_decimal",
@@ -60,8 +62,12 @@ logger = logging.getLogger(__name__)
 SEG_METADATA_KEY = "dicom_seg"
 _CODE_KEYS = ("CodeValue", "CodingSchemeDesignator", "CodeMeaning")
 _MAX_SERIES_NUMBER = 2**31 - 1
+#: SCT 91723000, the segmentation category of anatomical structures
+ANATOMICAL_STRUCTURE = Code("91723000", "SCT", "Anatomical Structure")
+#: SCT 85756007, the category of tissues, and the type of last resort
+TISSUE = Code("85756007", "SCT", "Tissue")
 #: CID 7192 (anatomical structures) and CID 7191 (tissues) with the category each implies
-_STANDARD_LISTS = (("cid7192", codes.SCT.AnatomicalStructure), ("cid7191", codes.SCT.Tissue))
+_STANDARD_LISTS = (("cid7192", ANATOMICAL_STRUCTURE), ("cid7191", TISSUE))
 
 
 @dataclass(frozen=True)
@@ -193,9 +199,12 @@ def standard_coding(label: str) -> SegmentCoding | None:
     """
     keyword = "".join(word[:1].upper() + word[1:] for word in re.split(r"[^0-9A-Za-z]+", label) if word)
     for cid, category in _STANDARD_LISTS:
-        collection = getattr(codes, cid)
-        if keyword and keyword in collection:
-            return SegmentCoding(label=label, category=category, type=getattr(collection, keyword))
+        try:
+            code = getattr(getattr(codes, cid), keyword) if keyword else None
+        except (AttributeError, RuntimeError):  # not in the list; pydicom 2.4 raises RuntimeError on ambiguity
+            continue
+        if code is not None:
+            return SegmentCoding(label=label, category=category, type=code)
     return None
 
 
@@ -214,7 +223,7 @@ def segment_codings(
     for number, label in names.items():
         coding = declared.get(number) or standard_coding(label)
         if coding is None:
-            coding = SegmentCoding(label=label, category=codes.SCT.Tissue, type=codes.SCT.Tissue, coded=False)
+            coding = SegmentCoding(label=label, category=TISSUE, type=TISSUE, coded=False)
             uncoded.append(label)
         elif coding.label != label:
             coding = SegmentCoding(**{**coding.__dict__, "label": label})

@@ -5,6 +5,7 @@
   survives a dead server, marks dead runs, continues on resume, logs provenance and the bundle's configs.
 - :class:`TrackedMLFlowHandler`: MONAI's ``MLFlowHandler`` logging into that run through its failure guard;
   :class:`PredictionPreview`: preview PNGs of validation predictions.
+- :class:`WeightsGuard`: a training does not silently replace weights it did not write (the shipped ``model.pt``).
 - :class:`RegisterBestModel`: best checkpoint → registry version, aliases ``champion`` / ``challenger``.
 - :func:`load_model`, :func:`export_bundle`, :func:`local_weights`: registered versions back as a network, a bundle
   folder, or weights for ``CheckpointLoader``; :func:`seg_description`: what a DICOM SEG records about the model
@@ -35,6 +36,7 @@ from .settings import (
     read_bundle_version,
     unique_run_name,
 )
+from .weights import WeightsGuard, WeightsOverwriteError
 
 __all__ = [
     "CHALLENGER",
@@ -43,6 +45,8 @@ __all__ = [
     "PredictionPreview",
     "RegisterBestModel",
     "TrackedMLFlowHandler",
+    "WeightsGuard",
+    "WeightsOverwriteError",
     "assign_alias",
     "build_inference_parser",
     "configure_http_client",

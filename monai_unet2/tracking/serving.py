@@ -2,7 +2,7 @@
 
 Request (``POST /invocations``, ``Content-Type: application/json``), for a volume bundle (hippocampus)::
 
-    {"inputs": {"image": <nested list, H x W x D>, "affine": <4 x 4 nested list, optional>}}
+    {"inputs": {"image": <nested list, H x W x D>, "affine": <4 x 4 nested list>}}
 
 and for an image bundle (DRIVE, ``spatial_shape`` of two sizes in its metadata)::
 
@@ -11,12 +11,14 @@ and for an image bundle (DRIVE, ``spatial_shape`` of two sizes in its metadata):
 Response: ``{"predictions": <nested list of integer labels>}`` on the input's grid: H x W x D for a volume (the
 bundle's ``Invertd`` undoes orientation and spacing), rows x columns for an image. The input goes through the
 bundle's own ``inference.json`` pipeline without its file loader and writer, exactly as a file passed to the bundle
-would, so the answer equals the bundle's own output for the same file.
+would, so the answer equals the bundle's own output for the same file. Each registered version carries the
+signature of :func:`serving_signature`, so MLflow checks shapes and dtypes before the model sees the request.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,43 @@ import numpy as np
 import torch
 from mlflow.pyfunc import PythonModel
 
-__all__ = ["BundleSegmentationModel", "segment_image", "segment_volume"]
+__all__ = ["BundleSegmentationModel", "segment_image", "segment_volume", "serving_signature"]
+
+logger = logging.getLogger(__name__)
+
+
+def serving_signature(metadata: dict[str, Any]) -> tuple[Any, dict[str, np.ndarray]]:
+    """The MLflow signature and a small input example of a bundle's served model, from its ``metadata.json``.
+
+    A volume bundle (``spatial_shape`` of three sizes) takes ``image`` float32 ``(-1, -1, -1)`` and ``affine`` float64
+    ``(4, 4)``; an image bundle takes ``image`` uint8 ``(-1, -1, channels)`` (``(-1, -1)`` for one channel), as
+    ``numpy.asarray(PIL.Image)`` gives it. Both answer int32 labels on the input's grid. MLflow checks requests
+    against it (shape and dtype; JSON bodies are cast to these dtypes) and answers a clear 400 otherwise.
+
+    Args:
+        metadata: the bundle's parsed ``metadata.json``.
+
+    Returns:
+        ``(ModelSignature, input example)``; the example is small (a 16 x 16 x 8 volume, a 32 x 32 image), since
+        MLflow runs it through the model when the version is logged.
+    """
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    image = next(iter(metadata.get("network_data_format", {}).get("inputs", {}).values()), {})
+    channels = int(image.get("num_channels", 1))
+    if len(image.get("spatial_shape", [0, 0, 0])) == 2:
+        shape = (-1, -1) if channels == 1 else (-1, -1, channels)
+        inputs = Schema([TensorSpec(np.dtype(np.uint8), shape, "image")])
+        outputs = Schema([TensorSpec(np.dtype(np.int32), (-1, -1))])
+        example = {"image": np.zeros((32, 32) if channels == 1 else (32, 32, channels), dtype=np.uint8)}
+        return ModelSignature(inputs=inputs, outputs=outputs), example
+    inputs = Schema(
+        [TensorSpec(np.dtype(np.float32), (-1, -1, -1), "image"), TensorSpec(np.dtype(np.float64), (4, 4), "affine")]
+    )
+    outputs = Schema([TensorSpec(np.dtype(np.int32), (-1, -1, -1))])
+    example = {"image": np.zeros((16, 16, 8), dtype=np.float32), "affine": np.eye(4)}
+    return ModelSignature(inputs=inputs, outputs=outputs), example
 
 
 def _run_pipeline(components: dict[str, Any], image: Any) -> np.ndarray:
@@ -127,12 +165,32 @@ class BundleSegmentationModel(PythonModel):
         self.image_dims = len(image_format.get("spatial_shape", [0, 0, 0]))
         self.components["num_channels"] = int(image_format.get("num_channels", 1))
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:
-        """Segment one volume ``{"image": array, "affine": array (optional)}`` or one 2D image ``{"image": array}``."""
+    def predict(self, context, model_input, params=None):  # no type hints: MLflow 3 would infer a signature from them
+        """Segment one volume ``{"image": array, "affine": array}`` or one 2D image ``{"image": array}``.
+
+        A request that cannot be segmented (wrong shape, missing key) is answered with MLflow's 400 and a message
+        that says what was expected; a failure of the model itself with a 500 whose message names the error type
+        only: the traceback, which holds the server's paths, goes to the server log.
+        """
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
+
+        try:
+            return self._segment(model_input)
+        except ValueError as error:
+            raise MlflowException(str(error), error_code=INVALID_PARAMETER_VALUE) from None
+        except Exception as error:
+            logger.exception("segmentation failed")
+            raise MlflowException(
+                f"segmentation failed on the server ({type(error).__name__}); the server log has the details",
+                error_code=INTERNAL_ERROR,
+            ) from None
+
+    def _segment(self, model_input: Any) -> np.ndarray:
         if not isinstance(model_input, dict) or "image" not in model_input:
             if self.image_dims == 2:
                 raise ValueError('expected {"inputs": {"image": <rows x columns x channels nested list>}}')
-            raise ValueError('expected {"inputs": {"image": <H x W x D nested list>, "affine": <4 x 4, optional>}}')
+            raise ValueError('expected {"inputs": {"image": <H x W x D nested list>, "affine": <4 x 4>}}')
         if self.image_dims == 2:
             return segment_image(self.components, model_input["image"])
         return segment_volume(self.components, model_input["image"], model_input.get("affine"))
