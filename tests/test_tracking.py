@@ -320,6 +320,7 @@ def test_registered_version_is_a_logged_model_with_a_signature(tmp_path, no_env_
     run_id = client.create_run(experiment).info.run_id
     weights = torch.load(BUNDLE / "models" / "model.pt", weights_only=True)
     version = register_bundle_version(client, run_id, "hippo", BUNDLE, weights, {"epoch": "3"}, "epoch_0003", step=3)
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # the process-wide URI it needed is unset again
 
     (logged,) = client.search_logged_models(experiment_ids=[experiment])
     assert (logged.name, logged.status.value, logged.source_run_id) == ("epoch_0003", "READY", run_id)

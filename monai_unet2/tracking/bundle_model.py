@@ -20,7 +20,7 @@ from monai.bundle import ConfigParser
 
 from monai_unet2.data.seg_description import SegDescription
 
-from .settings import read_bundle_version
+from .settings import configure_http_client, read_bundle_version
 
 __all__ = [
     "BUNDLE_ARTIFACT",
@@ -112,6 +112,7 @@ def download_bundle(model_uri: str, tracking_uri: str | None = None) -> Path:
     """
     import mlflow
 
+    configure_http_client()
     key = (model_uri, tracking_uri)
     if key not in _downloads or not _downloads[key].is_dir():
         target = tempfile.mkdtemp(prefix="monai_unet2_model_")

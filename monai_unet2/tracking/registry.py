@@ -55,15 +55,26 @@ def pip_requirements() -> list[str]:
 
 @contextmanager
 def _tracking_uri(uri: str) -> Iterator[None]:
-    """MLflow's process-wide tracking URI set to ``uri`` for the block (``Model.log`` uses only the global one)."""
-    import mlflow
+    """MLflow's process-wide tracking URI set to ``uri`` for the block, and restored exactly afterwards.
 
-    previous = mlflow.get_tracking_uri()
+    The registry resolves a ``models:/<model id>`` source through the global URI only. ``mlflow.set_tracking_uri``
+    also exports ``MLFLOW_TRACKING_URI``, and ``mlflow.get_tracking_uri()`` returns a default (``./mlflow.db``)
+    when none is set, so restoring "the previous value" through the public API would leave a later call of the
+    process pointed at the working directory: the unset state and the environment are restored as they were.
+    """
+    import mlflow
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    previous, environment = getattr(tracking_utils, "_tracking_uri", None), os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     try:
         yield
     finally:
         mlflow.set_tracking_uri(previous)
+        if environment is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = environment
+        else:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
 def assign_alias(

@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -143,54 +146,78 @@ def segment_image(components: dict[str, Any], image: np.ndarray) -> np.ndarray:
     return np.swapaxes(labels.reshape(labels.shape[-2:]), 0, 1).astype(np.int32)
 
 
-class BundleSegmentationModel(PythonModel):
-    """Pyfunc model built from the ``bundle`` artifact: ``predict({"image": HxWxD, "affine": 4x4})`` → labels."""
+@contextmanager
+def _without_type_hint_advice() -> Iterator[None]:
+    """Drop MLflow's advice to add type hints to ``predict`` while a ``PythonModel`` subclass is defined.
 
-    def load_context(self, context: Any) -> None:
-        """Build network (weights with ``weights_only=True``), transforms and inferer from the bundle's configs."""
-        from .bundle_model import BUNDLE_ARTIFACT, build_inference_parser, load_model
+    ``predict`` has no type hints on purpose: the request is a dict of tensors, checked by the explicit tensor
+    signature every version is logged with (:func:`serving_signature`); with hints MLflow would replace that check
+    by one inferred from them. MLflow gives its advice at class definition, in raw ANSI colours, under a
+    ``simplefilter("once")`` of its own that no outer warnings filter can override, hence the ``showwarning`` hook.
+    """
+    shown = warnings.showwarning
 
-        bundle_dir = context.artifacts[BUNDLE_ARTIFACT]
-        device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-        parser = build_inference_parser(bundle_dir, device)
-        self.components = {
-            "network": load_model(bundle_dir, device=device),
-            "preprocessing": parser.get_parsed_content("preprocessing"),
-            "inferer": parser.get_parsed_content("inferer"),
-            "postprocessing": parser.get_parsed_content("postprocessing"),
-            "device": device,
-        }
-        metadata = json.loads((Path(bundle_dir) / "configs" / "metadata.json").read_text())
-        image_format = metadata.get("network_data_format", {}).get("inputs", {}).get("image", {})
-        self.image_dims = len(image_format.get("spatial_shape", [0, 0, 0]))
-        self.components["num_channels"] = int(image_format.get("num_channels", 1))
+    def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        if "Add type hints to the `predict` method" not in str(message):
+            shown(message, category, filename, lineno, file, line)
 
-    def predict(self, context, model_input, params=None):  # no type hints: MLflow 3 would infer a signature from them
-        """Segment one volume ``{"image": array, "affine": array}`` or one 2D image ``{"image": array}``.
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
 
-        A request that cannot be segmented (wrong shape, missing key) is answered with MLflow's 400 and a message
-        that says what was expected; a failure of the model itself with a 500 whose message names the error type
-        only: the traceback, which holds the server's paths, goes to the server log.
-        """
-        from mlflow.exceptions import MlflowException
-        from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 
-        try:
-            return self._segment(model_input)
-        except ValueError as error:
-            raise MlflowException(str(error), error_code=INVALID_PARAMETER_VALUE) from None
-        except Exception as error:
-            logger.exception("segmentation failed")
-            raise MlflowException(
-                f"segmentation failed on the server ({type(error).__name__}); the server log has the details",
-                error_code=INTERNAL_ERROR,
-            ) from None
+with _without_type_hint_advice():
 
-    def _segment(self, model_input: Any) -> np.ndarray:
-        if not isinstance(model_input, dict) or "image" not in model_input:
+    class BundleSegmentationModel(PythonModel):
+        """Pyfunc model built from the ``bundle`` artifact: ``predict({"image": HxWxD, "affine": 4x4})`` → labels."""
+
+        def load_context(self, context: Any) -> None:
+            """Build network (weights with ``weights_only=True``), transforms and inferer from the bundle's configs."""
+            from .bundle_model import BUNDLE_ARTIFACT, build_inference_parser, load_model
+
+            bundle_dir = context.artifacts[BUNDLE_ARTIFACT]
+            device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+            parser = build_inference_parser(bundle_dir, device)
+            self.components = {
+                "network": load_model(bundle_dir, device=device),
+                "preprocessing": parser.get_parsed_content("preprocessing"),
+                "inferer": parser.get_parsed_content("inferer"),
+                "postprocessing": parser.get_parsed_content("postprocessing"),
+                "device": device,
+            }
+            metadata = json.loads((Path(bundle_dir) / "configs" / "metadata.json").read_text())
+            image_format = metadata.get("network_data_format", {}).get("inputs", {}).get("image", {})
+            self.image_dims = len(image_format.get("spatial_shape", [0, 0, 0]))
+            self.components["num_channels"] = int(image_format.get("num_channels", 1))
+
+        def predict(self, context, model_input, params=None):
+            """Segment one volume ``{"image": array, "affine": array}`` or one 2D image ``{"image": array}``.
+
+            A request that cannot be segmented (wrong shape, missing key) is answered with MLflow's 400 and a message
+            that says what was expected; a failure of the model itself with a 500 whose message names the error type
+            only: the traceback, which holds the server's paths, goes to the server log.
+            """
+            from mlflow.exceptions import MlflowException
+            from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
+
+            try:
+                return self._segment(model_input)
+            except ValueError as error:
+                raise MlflowException(str(error), error_code=INVALID_PARAMETER_VALUE) from None
+            except Exception as error:
+                logger.exception("segmentation failed")
+                raise MlflowException(
+                    f"segmentation failed on the server ({type(error).__name__}); the server log has the details",
+                    error_code=INTERNAL_ERROR,
+                ) from None
+
+        def _segment(self, model_input: Any) -> np.ndarray:
+            if not isinstance(model_input, dict) or "image" not in model_input:
+                if self.image_dims == 2:
+                    raise ValueError('expected {"inputs": {"image": <rows x columns x channels nested list>}}')
+                raise ValueError('expected {"inputs": {"image": <H x W x D nested list>, "affine": <4 x 4>}}')
             if self.image_dims == 2:
-                raise ValueError('expected {"inputs": {"image": <rows x columns x channels nested list>}}')
-            raise ValueError('expected {"inputs": {"image": <H x W x D nested list>, "affine": <4 x 4>}}')
-        if self.image_dims == 2:
-            return segment_image(self.components, model_input["image"])
-        return segment_volume(self.components, model_input["image"], model_input.get("affine"))
+                return segment_image(self.components, model_input["image"])
+            return segment_volume(self.components, model_input["image"], model_input.get("affine"))
