@@ -341,3 +341,23 @@ def test_registered_version_is_a_logged_model_with_a_signature(tmp_path, no_env_
     assert described.algorithm_version == f"0.1.0 (registered v{version.version})"
     assert described.algorithm_source == f"models:/hippo/{version.version}"
     assert list((tmp_path / "cwd").iterdir()) == []
+
+
+def test_committed_weights_are_not_fine_tuned_in_place(tmp_path):
+    """MONAI Label serving the repository's bundle through a symlink fine-tunes from its committed model.pt."""
+    import subprocess
+
+    shipped = torch.nn.Linear(3, 2)
+    torch.save(shipped.state_dict(), tmp_path / "model.pt")
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    for args in (["init", "-q"], ["add", "model.pt"], ["commit", "-q", "-m", "shipped weights"]):
+        subprocess.run([*git, *args], check=True, capture_output=True)
+    committed = (tmp_path / "model.pt").read_bytes()
+    fine_tuned = torch.nn.Linear(3, 2)
+    fine_tuned.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
+    with pytest.raises(WeightsOverwriteError, match=r"committed file of the git checkout .* link a copy"):
+        _guarded_run(tmp_path, fine_tuned)
+    assert (tmp_path / "model.pt").read_bytes() == committed
+    _guarded_run(tmp_path, fine_tuned, overwrite=True)
+    assert (tmp_path / "model.pt").read_bytes() != committed
+    _guarded_run(tmp_path, torch.nn.Linear(3, 2))  # modified since the commit, written by the training: its own now

@@ -4,7 +4,10 @@ A bundle's ``train.json`` saves its best checkpoint as ``<ckpt_dir>/model.pt``, 
 ``models/`` folder: that is where MONAI's bundle format and MONAI Label expect the weights, and where MONAI Label's
 retraining must write for the next ``/infer`` to serve them. The same default let a one-epoch test run replace the
 repository's trained weights. :class:`WeightsGuard` keeps the default and stops the run at its start, before any
-iteration, when ``model.pt`` exists and replacing it is not what the run is for. Replacing is allowed when:
+iteration, when ``model.pt`` exists and replacing it is not what the run is for. A ``model.pt`` committed to a git
+checkout and unchanged (the repository's shipped weights) is never replaced without ``overwrite``, also not by a
+fine-tuning: MONAI Label serving the repository's bundle folder through a symlink would otherwise retrain it in place.
+Other files may be replaced when:
 
 - the file was written by an earlier training into the same folder: after every epoch the guard records the
   sha256 of ``model.pt`` in ``model.pt.trained.json`` beside it (a plain rerun, ``--resume True``);
@@ -22,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,7 +34,7 @@ import torch
 
 from monai_unet2.data.files import write_atomically
 
-__all__ = ["MARKER_SUFFIX", "WeightsGuard", "WeightsOverwriteError", "file_sha256"]
+__all__ = ["MARKER_SUFFIX", "WeightsGuard", "WeightsOverwriteError", "committed_unchanged", "file_sha256"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +53,19 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def committed_unchanged(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a file committed to a git checkout and unchanged since (``False`` without git)."""
+    folder, name = os.path.split(os.path.abspath(path))
+
+    def git(*args: str) -> int:
+        try:
+            return subprocess.run(["git", "-C", folder, *args], capture_output=True, timeout=10, check=False).returncode
+        except (OSError, subprocess.SubprocessError):
+            return -1
+
+    return git("ls-files", "--error-unmatch", "--", name) == 0 and git("diff", "--quiet", "HEAD", "--", name) == 0
 
 
 def _is_rank_zero() -> bool:
@@ -95,11 +112,20 @@ class WeightsGuard:
     def check(self) -> None:
         """Raise :class:`WeightsOverwriteError` when the training would replace weights it must not."""
         path = self.checkpoint_path
-        if not os.path.isfile(path) or self._written_here() or self._starts_from_them():
+        if not os.path.isfile(path):
+            return
+        committed = committed_unchanged(path)
+        if not committed and (self._written_here() or self._starts_from_them()):
             return
         if self.overwrite:
             logger.warning(f"{path}: replacing weights this training did not write (overwrite_weights is on).")
             return
+        if committed:
+            raise WeightsOverwriteError(
+                f"{path} is a committed file of the git checkout (the bundle's shipped weights): training would "
+                "replace them. Train a copy of the bundle (MONAI Label: link a copy), or another folder with "
+                "--ckpt_dir <folder>, or pass --overwrite_weights True to replace them."
+            )
         raise WeightsOverwriteError(
             f"{path} holds weights that no training into {os.path.dirname(path) or '.'} wrote and that this training "
             "does not start from (a bundle's shipped weights?): its best checkpoint would replace them. Train into "
