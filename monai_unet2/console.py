@@ -192,7 +192,8 @@ def configure(output_dir: str | os.PathLike | None = None, name: str = "run") ->
     Use as the first ``initialize`` step of a bundle config: ``"$monai_unet2.console.configure(@output_dir)"``.
 
     Args:
-        output_dir: the run's output folder; the log goes to ``<output_dir>/logs/``. ``None``: no log file.
+        output_dir: the run's output folder; the log goes to ``<output_dir>/logs/``. ``None``, or a folder that
+            cannot be written: no log file.
         name: the log file's name prefix.
     """
     logging.captureWarnings(True)
@@ -215,10 +216,13 @@ def configure(output_dir: str | os.PathLike | None = None, name: str = "run") ->
         _state["file_handler"] = _state["log_file"] = None
     if output_dir is None:
         return None
-    folder = Path(output_dir) / "logs"
-    folder.mkdir(parents=True, exist_ok=True)
-    log_file = folder / f"{name}_{time.strftime('%Y%m%d_%H%M%S')}_{os.getpid()}.log"
-    file_handler = logging.FileHandler(log_file, encoding="utf-8", delay=True)
+    log_file = Path(output_dir) / "logs" / f"{name}_{time.strftime('%Y%m%d_%H%M%S')}_{os.getpid()}.log"
+    try:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        file_handler = logging.FileHandler(log_file, encoding="utf-8")
+    except OSError as error:  # the run's own output check names an unwritable folder; no second message here
+        logging.getLogger(__name__).debug(f"no log file in {log_file.parent}: {error}")
+        return None
     file_handler.setLevel(logging.DEBUG)
     file_handler.setFormatter(logging.Formatter(FILE_FORMAT))
     for logger in _loggers_sharing(root.handlers):

@@ -130,20 +130,38 @@ def image_preprocessing(
     label_keys: Sequence[str] = (),
     label_threshold: float | None = None,
     normalization: Mapping[str, Any] | None = None,
+    image_channels: int | None = None,
+    label_values: Sequence[float] | None = None,
+    min_spatial_size: int | None = None,
 ) -> list[MapTransform]:
     """The deterministic preprocessing of 2D images after loading, for training, validation and inference alike.
 
-    Channel first; binarise label-like keys (labels, field-of-view masks) at ``label_threshold``; ``float32``;
-    normalise the image's intensities.
+    Channel first; refuse images that are not 2D, have the wrong number of channels, non-finite values, are smaller
+    than ``min_spatial_size``, or (first label key) hold values other than ``label_values``, and label keys on
+    another grid than the image (:class:`CheckVolumed`); binarise label-like keys (labels, field-of-view masks) at
+    ``label_threshold``; ``float32``; normalise the image's intensities.
 
     Args:
         image_key: key of the image.
-        label_keys: keys of label maps and masks loaded with the image (none at inference).
+        label_keys: keys of label maps and masks loaded with the image (none at inference); the first is the label.
         label_threshold: labels and masks are 1 above this value (e.g. 127.5 for 0/255 files); ``None`` keeps them.
         normalization: intensity normalisation, see :func:`intensity_normalization`; ``None`` for none.
+        image_channels: channels an image has (label keys have one); ``None`` skips the channel check.
+        label_values: the values a stored label file may hold (e.g. ``[0, 255]``); ``None`` skips the check.
+        min_spatial_size: the smallest accepted width and height; ``None`` skips the check.
     """
     keys = [image_key, *label_keys]
-    transforms: list[MapTransform] = [EnsureChannelFirstd(keys)]
+    transforms: list[MapTransform] = [
+        EnsureChannelFirstd(keys),
+        CheckVolumed(
+            keys,
+            label_key=label_keys[0] if label_keys else None,
+            expected_labels=label_values if label_keys else None,
+            expected_spatial_dims=2,
+            expected_channels=[image_channels] + [1] * len(label_keys),
+            min_spatial_size=min_spatial_size,
+        ),
+    ]
     if label_keys and label_threshold is not None:
         transforms.append(AsDiscreted(list(label_keys), threshold=label_threshold))
     transforms.append(EnsureTyped(keys, dtype=torch.float32))

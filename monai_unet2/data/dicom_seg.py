@@ -32,7 +32,13 @@ from monai.utils import optional_import
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from monai_unet2.data.dicom_geometry import DicomSegError, frames_on_source_grid, place_frame, world_to_voxel
+from monai_unet2.data.dicom_geometry import (
+    DicomSegError,
+    frames_on_source_grid,
+    functional_value,
+    place_frame,
+    world_to_voxel,
+)
 from monai_unet2.data.files import dicom_files
 from monai_unet2.data.seg_description import (
     SegDescription,
@@ -65,9 +71,9 @@ def highdicom_available() -> bool:
 
 
 def _frame_item(frame_group: Any, shared_group: Any, sequence: str, attribute: str, path: str, frame: int) -> Any:
-    for group in (frame_group, shared_group):
-        if group is not None and sequence in group and len(group[sequence].value) and attribute in group[sequence][0]:
-            return group[sequence][0][attribute].value
+    value = functional_value(frame_group, shared_group, sequence, attribute)
+    if value is not None:
+        return value
     raise DicomSegError(f"DICOM SEG {path}: frame {frame} has no {sequence} > {attribute}")
 
 

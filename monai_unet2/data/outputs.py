@@ -252,7 +252,7 @@ class SegmentationWriter:
                 target_shape,
             )
         writer = NibabelWriter(output_dtype=self.output_dtype)
-        writer.set_data_array(labels, channel_dim=None)
+        writer.set_data_array(labels, channel_dim=None, squeeze_end_dims=False)  # keep a single slice's z axis
         writer.set_metadata(
             {MetaKeys.AFFINE: affine, MetaKeys.ORIGINAL_AFFINE: original, MetaKeys.SPATIAL_SHAPE: spatial},
             resample=resample,
@@ -277,11 +277,12 @@ class SegmentationWriter:
                 raise ValueError(f"binary PNG output but the prediction has labels up to {labels.max()}")
             labels = (labels > 0).astype(self.output_dtype) * 255
         spatial = meta.get(MetaKeys.SPATIAL_SHAPE)
-        squeezed = labels.reshape([s for s in labels.shape if s != 1] or [1])
+        squeezed = labels.reshape(labels.shape[:2]) if labels.ndim > 2 and labels[0, 0].size == 1 else labels
         if squeezed.ndim != 2:
             raise ValueError(f"PNG output needs a 2D prediction, got shape {labels.shape}")
         target = tuple(int(s) for s in np.atleast_1d(spatial))[:2] if spatial is not None else squeezed.shape
         writer = PILWriter(output_dtype=self.output_dtype, scale=None)
-        writer.set_data_array(squeezed, channel_dim=None)
+        writer.set_data_array(squeezed, channel_dim=None, squeeze_end_dims=False)
+        writer.data_obj = writer.data_obj.reshape(squeezed.shape)  # MONAI squeezes a 1 x 1 image to nothing
         writer.set_metadata({MetaKeys.SPATIAL_SHAPE: target}, resample=target != squeezed.shape, mode="nearest")
         return writer
