@@ -16,7 +16,8 @@ bundle's ``configs/logging.conf`` (which MONAI applies first, and which may only
 - MLflow's own stderr handler is replaced by propagation to the root logger, for the same reason;
 - the console handlers get a :class:`ConsoleFilter` that drops the known noise, and nothing else: errors always
   pass, so a refused input's reason stays the last thing a user sees;
-- a file handler writes every record (known noise included) to ``<output_dir>/logs/<name>_<time>.log``.
+- a file handler writes every record (known noise included) to ``<output_dir>/logs/<name>_<time>.log``, and the
+  traceback of an exception that ends the run (the console keeps Python's own report of it).
 
 Calling it again (MONAI Label trains in one long-lived process) replaces the file handler instead of adding one.
 """
@@ -26,14 +27,17 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 __all__ = ["KNOWN_NOISE", "ConsoleFilter", "Noise", "configure", "current_log_file"]
 
 WARNINGS_LOGGER = "py.warnings"
+UNCAUGHT_LOGGER = "monai_unet2.uncaught"
 FILE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -128,7 +132,7 @@ KNOWN_NOISE: tuple[Noise, ...] = (
 )
 
 _BEST_METRIC = re.compile(r"^Got new best metric of ")
-_state: dict[str, logging.Handler | Path | None] = {"file_handler": None, "log_file": None}
+_state: dict[str, Any] = {"file_handler": None, "log_file": None, "excepthook": None}
 
 
 class ConsoleFilter(logging.Filter):
@@ -186,6 +190,27 @@ def _loggers_sharing(handlers: Iterable[logging.Handler]) -> list[logging.Logger
     ]
 
 
+def _log_uncaught_exceptions() -> None:
+    """Write the traceback of an exception that ends the process to the log file too (once per process).
+
+    The console keeps Python's own report (the hook calls the previous one), so whatever shortens that report for
+    a person can rely on the complete traceback being in the file.
+    """
+    if _state.get("excepthook") is not None:
+        return
+    previous = sys.excepthook
+    uncaught = logging.getLogger(UNCAUGHT_LOGGER)
+    uncaught.propagate = False
+
+    def hook(kind: type[BaseException], value: BaseException, traceback: Any) -> None:
+        if uncaught.handlers:
+            uncaught.error("the run ended with an exception", exc_info=(kind, value, traceback))
+        previous(kind, value, traceback)
+
+    sys.excepthook = hook
+    _state["excepthook"] = hook
+
+
 def configure(output_dir: str | os.PathLike | None = None, name: str = "run") -> Path | None:
     """Set up a run's console and log file (see the module docstring); returns the log file.
 
@@ -228,7 +253,9 @@ def configure(output_dir: str | os.PathLike | None = None, name: str = "run") ->
     for logger in _loggers_sharing(root.handlers):
         logger.addHandler(file_handler)
     root.addHandler(file_handler)
+    logging.getLogger(UNCAUGHT_LOGGER).handlers[:] = [file_handler]
     _state["file_handler"], _state["log_file"] = file_handler, log_file
+    _log_uncaught_exceptions()
     logging.getLogger(__name__).info(f"complete log: {log_file}")
     return log_file
 

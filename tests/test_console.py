@@ -35,7 +35,7 @@ def clean_logging():
     mlflow_logger.handlers[:] = saved[2]
     mlflow_logger.propagate = saved[3]
     logging.captureWarnings(False)
-    console._state.update(file_handler=None, log_file=None)
+    console._state.update(file_handler=None, log_file=None)  # the excepthook stays: it writes nowhere without one
 
 
 def _console_handler() -> tuple[logging.Handler, io.StringIO]:

@@ -150,9 +150,10 @@ def test_declared_modalities_map_to_dicom_codes():
 @pytest.mark.integration
 def test_bundle_run_refuses_a_ct_with_the_reason_as_the_error(tmp_path):
     sys.path.insert(0, str(ROOT / "tests"))
-    from monailabel_utils import cropped_series
+    from monailabel_utils import cropped_series, series_with_uids
 
-    cropped_series(CT20, tmp_path / "inputs" / "ct", first_row=200, first_column=200, size=32)
+    series_with_uids(CT20, tmp_path / "full", patient_id="CT20")  # the committed files have empty UIDs
+    cropped_series(tmp_path / "full", tmp_path / "inputs" / "ct", first_row=200, first_column=200, size=32)
     argv = [
         sys.executable, "-m", "monai.bundle", "run",
         "--config_file", str(BUNDLE / "configs" / "inference.json"),
@@ -166,4 +167,6 @@ def test_bundle_run_refuses_a_ct_with_the_reason_as_the_error(tmp_path):
     output = done.stdout + done.stderr
     assert done.returncode != 0
     assert f"{tmp_path / 'inputs' / 'ct'}: DICOM Modality CT, but this model was trained on MR" in output
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert not list((tmp_path / "out").glob("*_seg*"))
+    (log,) = (tmp_path / "out" / "logs").glob("*.log")  # the complete log holds the refusal with its traceback
+    assert "ModalityMismatchError" in log.read_text() and "Traceback" in log.read_text()

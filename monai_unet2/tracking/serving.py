@@ -27,11 +27,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModel
 
-__all__ = ["BundleSegmentationModel", "segment_image", "segment_volume", "serving_signature"]
+__all__ = ["BundleSegmentationModel", "InvalidRequestError", "segment_image", "segment_volume", "serving_signature"]
 
 logger = logging.getLogger(__name__)
+
+
+class InvalidRequestError(MlflowException, ValueError):
+    """A request the model cannot segment: MLflow's server answers it with a 400 and this message; Python callers
+    of ``predict`` can catch it as the ``ValueError`` it is."""
 
 
 def serving_signature(metadata: dict[str, Any]) -> tuple[Any, dict[str, np.ndarray]]:
@@ -199,13 +205,12 @@ with _without_type_hint_advice():
             that says what was expected; a failure of the model itself with a 500 whose message names the error type
             only: the traceback, which holds the server's paths, goes to the server log.
             """
-            from mlflow.exceptions import MlflowException
             from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 
             try:
                 return self._segment(model_input)
             except ValueError as error:
-                raise MlflowException(str(error), error_code=INVALID_PARAMETER_VALUE) from None
+                raise InvalidRequestError(str(error), error_code=INVALID_PARAMETER_VALUE) from None
             except Exception as error:
                 logger.exception("segmentation failed")
                 raise MlflowException(
