@@ -237,6 +237,7 @@ def configure(output_dir: str | os.PathLike | None = None, name: str = "run") ->
     if isinstance(previous, logging.Handler):
         for logger in [root, *_loggers_sharing([previous])]:
             logger.removeHandler(previous)
+        logging.getLogger(UNCAUGHT_LOGGER).handlers[:] = []
         previous.close()
         _state["file_handler"] = _state["log_file"] = None
     if output_dir is None:
