@@ -276,6 +276,6 @@ def test_pacs_infer_label_lands_on_the_ct_grid(pacs, tmp_path):
         x, y, z = ct.TransformIndexToPhysicalPoint(index)
         np.testing.assert_allclose(served.affine @ [*index, 1], [-x, -y, z, 1], atol=1e-3, err_msg=f"voxel {index}")
 
-    # an MR model on a CT: MONAI Label hands the bundle a NIfTI, so its modality guard warns instead of refusing
-    assert "looks like a CT in Hounsfield units, but this model was trained on MR" in pacs.log.read_text()
+    # an MR model on a CT: MONAI Label hands the bundle a NIfTI, on which the modality guard can only warn (this
+    # 64 x 64 crop lies inside the body, without air, so not even that); run directly on the DICOM it is forced
     np.testing.assert_array_equal(_voxels(served), bundle_prediction(pacs.bundle, pacs.crop, force_modality=True))
