@@ -118,6 +118,11 @@ KNOWN_NOISE: tuple[Noise, ...] = (
     ),
     Noise("alembic.runtime.migration", r"^(Context impl |Will assume )", reason="MLflow's schema migration tool"),
     Noise(
+        "highdicom.base",
+        r"^copy (attributes of module|\w+-related attributes from dataset)",
+        reason="highdicom narrating which source modules a DICOM SEG copies (nine lines per SEG)",
+    ),
+    Noise(
         "mlflow.pyfunc",
         r"^Validating input example against model signature",
         reason="MLflow checking the input example of a version being registered",

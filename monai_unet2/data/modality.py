@@ -145,12 +145,12 @@ def dicom_mismatch(name: str, modality: str, body_part: str, expected: ExpectedI
     if expected.modality and modality and modality != expected.modality:
         return (
             f"{name}: DICOM Modality {modality}, but this model was trained on {expected.modality} "
-            f"(metadata.json declares '{expected.declared}'); refusing to segment it"
+            f"(metadata.json declares '{expected.declared}')"
         )
     if expected.body_parts and body_part and body_part not in expected.body_parts:
         return (
             f"{name}: BodyPartExamined {body_part}, but this model segments {'/'.join(expected.body_parts)} "
-            "(metadata.json body_part_examined); refusing to segment it"
+            "(metadata.json body_part_examined)"
         )
     return None
 

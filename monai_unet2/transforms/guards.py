@@ -32,7 +32,7 @@ __all__ = ["CheckModalityD", "CheckModalityDict", "CheckModalityd"]
 
 logger = logging.getLogger(__name__)
 
-FORCE_HINT = "pass --force_modality True to segment it anyway"
+FORCE_HINT = "refusing to segment it; pass --force_modality True to segment it anyway"
 
 
 class CheckModalityd(MapTransform):
