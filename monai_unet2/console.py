@@ -112,6 +112,11 @@ KNOWN_NOISE: tuple[Noise, ...] = (
         "iteration 0 of the trainer's epoch); a real resume of training (iteration > 0) stays",
     ),
     Noise(
+        "ignite.engine.engine.SupervisedEvaluator",
+        r"^Engine run finished\. Time taken",
+        reason="an evaluator runs one epoch: its 'Epoch[n] Complete. Time taken' line, just before, gives the time",
+    ),
+    Noise(
         "mlflow.store.db.utils",
         r"^(Creating initial MLflow database tables|Updating database tables)",
         reason="MLflow creating or migrating its SQLite store",

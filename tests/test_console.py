@@ -65,14 +65,16 @@ def test_noise_goes_to_the_file_only_and_genuine_messages_to_both(tmp_path, clea
         logging.getLogger("ignite.engine.engine.SupervisedTrainer").info(
             "Engine run resuming from iteration 120, epoch 4 until 10 epochs"  # a real resume
         )
+        logging.getLogger("ignite.engine.engine.SupervisedEvaluator").info("Engine run finished. Time taken: 00:00:03")
+        logging.getLogger("ignite.engine.engine.SupervisedTrainer").info("Engine run finished. Time taken: 00:00:23")
         logging.getLogger("monai_unet2.data.dicom_seg").warning("DICOM SEG: no code for 'lesion'")
         logging.getLogger("monai_unet2.transforms").error("x.nii.gz: DICOM Modality CT, refusing")
     for handler in logging.getLogger().handlers:
         handler.flush()
     console_text, file_text = shown.getvalue(), log_file.read_text()
-    for noise in ("Orientationd.__init__:labels", "Creating initial MLflow", "iteration 0, epoch 3"):
+    for noise in ("Orientationd.__init__:labels", "Creating initial MLflow", "iteration 0, epoch 3", "00:00:03"):
         assert noise not in console_text and noise in file_text, noise
-    for genuine in ("Mean of empty slice", "iteration 120", "no code for 'lesion'", "refusing"):
+    for genuine in ("Mean of empty slice", "iteration 120", "00:00:23", "no code for 'lesion'", "refusing"):
         assert genuine in console_text and genuine in file_text, genuine
     assert console_text.rstrip().splitlines()[-1] == "x.nii.gz: DICOM Modality CT, refusing"
 
