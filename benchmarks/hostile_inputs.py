@@ -68,6 +68,7 @@ def _preprocessing(config: Path, bundle_root: Path, drive: bool = False) -> Call
     parser = ConfigParser()
     parser.read_config(config)
     parser["bundle_root"] = str(bundle_root)
+    parser["force_modality"] = True  # the CT cases test reading, not the MR bundle's modality guard
     transforms = parser["preprocessing"]["transforms"]
     if drive and transforms[0]["_target_"] == "LoadImaged":
         transforms[0] = DRIVE_LOADER
@@ -90,6 +91,7 @@ def _run_inference(entry: Any, folder: Path) -> Any:
             "dataset_dir": str(inputs),
             "output_dir": str(folder / "out"),
             "progress_bar": False,
+            "force_modality": True,  # the CT cases test reading, not the MR bundle's modality guard
         }
     )
     logging.disable(logging.CRITICAL)  # the evaluator logs every exception with its traceback
