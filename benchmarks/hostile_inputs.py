@@ -73,6 +73,7 @@ def _preprocessing(
     parser = ConfigParser()
     parser.read_config([str(c) for c in configs] if isinstance(configs, list) else configs)
     parser["bundle_root"] = str(bundle_root)
+    parser["force_modality"] = True  # the CT cases test reading, not the MR bundle's modality guard
     transforms = parser[key]["transforms"]
     if isinstance(transforms, list):  # a literal list (not an expression): substitute what is not wired yet
         if drive and transforms[0]["_target_"] == "LoadImaged":
@@ -96,6 +97,7 @@ def _run_inference(entry: Any, folder: Path) -> Any:
             "dataset_dir": str(inputs),
             "output_dir": str(folder / "out"),
             "progress_bar": False,
+            "force_modality": True,  # the CT cases test reading, not the MR bundle's modality guard
         }
     )
     logging.disable(logging.CRITICAL)  # the evaluator logs every exception with its traceback

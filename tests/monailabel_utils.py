@@ -249,11 +249,13 @@ def cropped_series(source: Path, destination: Path, first_row: int, first_column
     return series_uid
 
 
-def bundle_prediction(bundle_dir: Path, image: str | Path) -> np.ndarray:
+def bundle_prediction(bundle_dir: Path, image: str | Path, force_modality: bool = False) -> np.ndarray:
     """The bundle's ``inference.json`` run directly (no MONAI Label) with weights loaded strictly.
 
     MONAI Label loads ``models/model.pt`` non-strictly, so a served prediction equal to this one proves that the
     served network has the bundle's weights. ``SaveImaged`` writers are dropped, like MONAI Label does.
+    ``force_modality`` lets a DICOM series of another modality through the bundle's modality guard (MONAI Label
+    hands the bundle a NIfTI, on which the guard only warns).
     """
     from monai.bundle import ConfigParser
     from monai.transforms import Compose, SaveImaged
@@ -262,6 +264,7 @@ def bundle_prediction(bundle_dir: Path, image: str | Path) -> np.ndarray:
     parser.read_config(str(bundle_dir / "configs" / "inference.json"))
     parser["bundle_root"] = str(bundle_dir)
     parser["device"] = "$torch.device('cpu')"
+    parser["force_modality"] = force_modality
     network = parser.get_parsed_content("network_def")
     checkpoint = torch.load(bundle_dir / "models" / "model.pt", map_location="cpu", weights_only=True)
     network.load_state_dict(checkpoint.get("model", checkpoint), strict=True)

@@ -64,7 +64,7 @@ def test_colliding_output_names_are_refused_naming_both_inputs(tmp_path):
     (folder / "x.nii").unlink()
     message = _refusal([{"image": str(series)}, {"image": str(folder / "x.nii.gz")}], tmp_path / "out")
     assert f"{series} and {folder / 'x.nii.gz'} would both be written to x_seg.nii.gz" in message
-    with pytest.raises(OutputNameError, match="would both be written to x_seg.nii.gz"):
+    with pytest.raises(OutputNameError, match=r"would both be written to x_seg\.nii\.gz"):
         batch_datalist(inference_datalist(folder), folder, tmp_path / "out")
 
     pngs = tmp_path / "pngs"

@@ -222,7 +222,11 @@ def test_two_gloo_ranks_train_one_epoch_with_one_run_one_checkpoint_and_the_chec
     )
     assert output.count("Got new best metric of val_mean_dice") == 1  # rank 1 logs warnings and errors only
 
-    assert sorted(path.name for path in (tmp_path / "models").iterdir()) == ["fold_0", "model.pt"]
+    assert sorted(path.name for path in (tmp_path / "models").iterdir()) == [
+        "fold_0",
+        "model.pt",
+        "model.pt.trained.json",  # WeightsGuard's record: these weights were written by a training
+    ]
     assert sorted(path.name for path in (tmp_path / "models" / "fold_0").iterdir()) == ["model.pt", "training_state.pt"]
     state = torch.load(tmp_path / "models" / "fold_0" / "training_state.pt", weights_only=True)
     assert state["trainer"]["iteration"] == state["trainer"]["epoch_length"]  # one epoch, written once by rank 0

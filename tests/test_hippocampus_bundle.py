@@ -90,6 +90,7 @@ def test_training_validation_and_inference_preprocess_a_volume_alike():
     assert set(torch.unique(validated["label"]).tolist()) == {0, 1, 2}
     assert abs(float(inferred["image"].mean())) < 1e-4 and abs(float(inferred["image"].std()) - 1) < 1e-3
     steps = [type(t).__name__ for t in inference.get_parsed_content("preprocessing").flatten().transforms]
+    steps.remove("CheckModalityd")  # inference only: refuses inputs of another modality, changes no voxel
     assert steps == [type(t).__name__ for t in train.get_parsed_content("validate#preprocessing").transforms]
     assert "Spacingd" in steps and "DicomSeriesReader" in read("train.json")["loader"]["reader"]
 
@@ -249,7 +250,7 @@ def test_dicom_series_input_gets_nifti_and_dicom_seg_on_the_ct_grid(tmp_path):
     from monai_unet2.data import DicomSeriesReader, seg_to_grid
 
     shutil.copytree(DCMQI_CT, tmp_path / "inputs" / "ct_series")
-    bundle(
+    output = bundle(
         "run",
         tmp_path,
         "--dataset_dir",
@@ -258,8 +259,11 @@ def test_dicom_series_input_gets_nifti_and_dicom_seg_on_the_ct_grid(tmp_path):
         str(tmp_path / "out"),
         "--output_format",
         "dicom_seg",
+        "--force_modality",
+        "True",  # an MR model on a CT: refused without it (tests/test_modality_guard.py)
         config="inference.json",
     )
+    assert "DICOM Modality CT, but this model was trained on MR" in output and "segmenting it anyway" in output
     ct = LoadImage(reader=DicomSeriesReader(), image_only=True)(str(DCMQI_CT))
     label = nib.load(tmp_path / "out" / "ct_series_seg.nii.gz")
     assert label.shape == tuple(ct.shape)

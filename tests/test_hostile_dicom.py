@@ -172,6 +172,7 @@ def test_series_uid_from_the_bundle_command_line_reaches_the_reader(tmp_path, ct
     parser = ConfigParser()
     parser.read_config(bundle / "configs" / "inference.json")
     parser.update({"bundle_root": str(bundle), "preprocessing#transforms#0#series_uid": "1.2.826.0.1.3680043.8.498.78"})
+    parser["force_modality"] = True  # a CT through the MR bundle: its modality guard refuses it otherwise
     preprocessing = parser.get_parsed_content("preprocessing")
     image = preprocessing({"image": str(tmp_path / "two")})["image"]
     assert image.meta["SeriesInstanceUID"] == "1.2.826.0.1.3680043.8.498.78"

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -166,7 +167,7 @@ def test_run_logs_params_metrics_config_and_preview(trained, tmp_path):
     assert Path(preview).read_bytes()[:4] == b"\x89PNG" and Path(preview).stat().st_size > 5000
 
 
-def test_registry_champion_and_worse_challenger(trained):
+def test_registry_champion_and_worse_challenger(trained, tmp_path):
     client = trained["client"]
     good, worse = (_run(client, trained["names"][k]) for k in ("good", "worse"))
     good_dice, worse_dice = good.data.metrics["val_mean_dice"], worse.data.metrics["val_mean_dice"]
@@ -179,6 +180,17 @@ def test_registry_champion_and_worse_challenger(trained):
     assert champion.tags["key_metric"] == "val_mean_dice" and champion.tags["epoch"] == "1"
     assert champion.tags["bundle_version"] and "val_dice_posterior" in champion.tags
     assert good.data.tags["registered_model_version"] == f"{NAME}/{champion.version}"
+    for key in ("git_commit", "git_dirty"):  # one truth: the version carries its run's
+        assert champion.tags.get(key) == good.data.tags.get(key), key
+    logged = client.search_logged_models(experiment_ids=[good.info.experiment_id])
+    assert {m.model_id for m in logged} >= {champion.source.removeprefix("models:/")}
+    model_folder = mlflow.artifacts.download_artifacts(
+        client.get_model_version_download_uri(NAME, champion.version),
+        dst_path=str(tmp_path),
+        tracking_uri=trained["uri"],
+    )
+    signature = mlflow.models.Model.load(str(Path(model_folder) / "MLmodel")).signature
+    assert [spec.shape for spec in signature.inputs.inputs] == [(-1, -1, -1), (4, 4)]
 
 
 def test_load_model_in_fresh_process_matches_checkpoint(trained, tmp_path):
@@ -258,12 +270,36 @@ def test_served_model_answers_like_bundle_inference(trained, tmp_path):
         )  # fmt: skip
         with urllib.request.urlopen(request, timeout=120) as response:
             served = np.asarray(json.loads(response.read())["predictions"])
+        bad_requests = {
+            "a 2D image": {"inputs": {"image": [[1.0, 2.0], [3.0, 4.0]], "affine": np.eye(4).tolist()}},
+            "no affine": {"inputs": {"image": np.zeros((4, 4, 4)).tolist()}},
+            "text": {"inputs": {"image": "not a volume", "affine": np.eye(4).tolist()}},
+        }
+        answers = {what: _post(port, body) for what, body in bad_requests.items()}
     finally:
         _stop(serve)
+    for what, (status, answer) in answers.items():
+        assert 400 <= status < 500, (what, status, answer)
+        assert "stack_trace" not in answer and str(REPO) not in answer and "site-packages" not in answer, answer
+        assert json.loads(answer)["error_code"] in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST"), answer
+    assert "(-1, -1, -1)" in answers["a 2D image"][1] and "affine" in answers["no affine"][1]
     assert served.shape == expected.shape == image.shape
     assert set(np.unique(served)) <= {0, 1, 2} and (served > 0).any()
     assert [_dice(served, expected, label) for label in (1, 2)] == [1.0, 1.0]
     assert np.array_equal(served, expected)
+
+
+def _post(port: int, body: dict) -> tuple[int, str]:
+    """POST ``body`` to the served model; the status and the answer, also for 4xx / 5xx."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
 
 
 def test_server_killed_mid_run_training_finishes(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -22,17 +23,22 @@ from monai_unet2.tracking import (
     PredictionPreview,
     RegisterBestModel,
     TrackedMLFlowHandler,
+    WeightsGuard,
+    WeightsOverwriteError,
     assign_alias,
     dataset_digest,
     default_tracking_uri,
     export_bundle,
     load_model,
+    register_bundle_version,
     render_preview,
+    seg_description,
     unique_run_name,
 )
 from monai_unet2.tracking.bundle_model import stage_bundle
 from monai_unet2.tracking.run import HOST_TAG, PID_TAG, _process_alive
 from monai_unet2.tracking.settings import host_name
+from monai_unet2.tracking.weights import MARKER_SUFFIX, file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "hippocampus_unet25d_segmentation"
@@ -258,3 +264,100 @@ def test_render_preview_writes_a_png(tmp_path):
     assert (
         render_preview([(image[..., 7], label[..., 7], label[..., 7])], str(flat)) == 1 and flat.stat().st_size > 2000
     )
+
+
+def _guarded_run(tmp_path, network: torch.nn.Module, overwrite: bool = False, epochs: int = 2) -> Engine:
+    """A training that saves ``network`` as ``model.pt`` after every epoch, guarded like the bundles' train.json."""
+    path = tmp_path / "model.pt"
+    engine = _engine()
+    WeightsGuard(path, network, overwrite=overwrite).attach(engine)
+
+    @engine.on(Events.EPOCH_COMPLETED)
+    def save(_):  # the bundles' AtomicCheckpointSaver, registered before the guard's record
+        with torch.no_grad():
+            network.weight.add_(1.0)
+        torch.save(network.state_dict(), path)
+
+    engine.run(engine.state_data, max_epochs=epochs)
+    return engine
+
+
+def test_training_never_silently_replaces_weights_it_did_not_write(tmp_path, caplog):
+    shipped = torch.nn.Linear(3, 2)
+    torch.save(shipped.state_dict(), tmp_path / "model.pt")
+    shipped_bytes = (tmp_path / "model.pt").read_bytes()
+
+    with pytest.raises(
+        WeightsOverwriteError,
+        match=r"model\.pt holds weights that no training .* --ckpt_dir .* --overwrite_weights True",
+    ):
+        _guarded_run(tmp_path, torch.nn.Linear(3, 2))  # from scratch over the shipped weights
+    assert (tmp_path / "model.pt").read_bytes() == shipped_bytes
+    assert not (tmp_path / f"model.pt{MARKER_SUFFIX}").exists()
+
+    fine_tuned = torch.nn.Linear(3, 2)
+    fine_tuned.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))  # MONAI Label's pretrained
+    _guarded_run(tmp_path, fine_tuned)
+    record = json.loads((tmp_path / f"model.pt{MARKER_SUFFIX}").read_text())
+    assert record == {"sha256": file_sha256(tmp_path / "model.pt"), "epoch": 2}
+    assert (tmp_path / "model.pt").read_bytes() != shipped_bytes
+
+    _guarded_run(tmp_path, torch.nn.Linear(3, 2))  # a rerun from scratch replaces what a training wrote here
+    (tmp_path / "model.pt").write_bytes(shipped_bytes)  # someone copies other weights in
+    with pytest.raises(WeightsOverwriteError):
+        _guarded_run(tmp_path, torch.nn.Linear(3, 2))
+    with caplog.at_level(logging.WARNING):
+        _guarded_run(tmp_path, torch.nn.Linear(3, 2), overwrite=True)
+    assert any("overwrite_weights is on" in r.getMessage() for r in caplog.records)
+
+
+def test_registered_version_is_a_logged_model_with_a_signature(tmp_path, no_env_uri, monkeypatch):
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")  # nothing may land in the working directory
+    uri = default_tracking_uri(tmp_path / "eval")
+    client = mlflow.MlflowClient(uri)
+    experiment = client.create_experiment("hippo", artifact_location=(tmp_path / "eval" / "mlruns").as_uri())
+    run_id = client.create_run(experiment).info.run_id
+    weights = torch.load(BUNDLE / "models" / "model.pt", weights_only=True)
+    version = register_bundle_version(client, run_id, "hippo", BUNDLE, weights, {"epoch": "3"}, "epoch_0003", step=3)
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # the process-wide URI it needed is unset again
+
+    (logged,) = client.search_logged_models(experiment_ids=[experiment])
+    assert (logged.name, logged.status.value, logged.source_run_id) == ("epoch_0003", "READY", run_id)
+    assert version.source == f"models:/{logged.model_id}"
+    assert [(o.model_id, o.step) for o in client.get_run(run_id).outputs.model_outputs] == [(logged.model_id, 3)]
+    folder = Path(mlflow.artifacts.download_artifacts(client.get_model_version_download_uri("hippo", version.version)))
+    signature = mlflow.models.Model.load(str(folder / "MLmodel")).signature
+    inputs = {spec.name: (str(spec.type), spec.shape) for spec in signature.inputs.inputs}
+    assert inputs == {"image": ("float32", (-1, -1, -1)), "affine": ("float64", (4, 4))}
+    assert signature.outputs.inputs[0].shape == (-1, -1, -1)
+    assert json.loads((folder / "serving_input_example.json").read_text())["inputs"]["affine"] == np.eye(4).tolist()
+    requirements = (folder / "requirements.txt").read_text().split()
+    assert requirements[0] == "monai-unet2==0.1.0" and any(r.startswith("torch>=") for r in requirements)
+    assert not any(r.startswith("numpy==") for r in requirements)  # loads under numpy 1.26 (MONAI Label) and 2.x
+
+    client.set_registered_model_alias("hippo", "champion", version.version)
+    described = seg_description(BUNDLE, "models:/hippo@champion", uri)
+    assert described.algorithm_version == f"0.1.0 (registered v{version.version})"
+    assert described.algorithm_source == f"models:/hippo/{version.version}"
+    assert list((tmp_path / "cwd").iterdir()) == []
+
+
+def test_committed_weights_are_not_fine_tuned_in_place(tmp_path):
+    """MONAI Label serving the repository's bundle through a symlink fine-tunes from its committed model.pt."""
+    import subprocess
+
+    shipped = torch.nn.Linear(3, 2)
+    torch.save(shipped.state_dict(), tmp_path / "model.pt")
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    for args in (["init", "-q"], ["add", "model.pt"], ["commit", "-q", "-m", "shipped weights"]):
+        subprocess.run([*git, *args], check=True, capture_output=True)
+    committed = (tmp_path / "model.pt").read_bytes()
+    fine_tuned = torch.nn.Linear(3, 2)
+    fine_tuned.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
+    with pytest.raises(WeightsOverwriteError, match=r"committed file of the git checkout .* link a copy"):
+        _guarded_run(tmp_path, fine_tuned)
+    assert (tmp_path / "model.pt").read_bytes() == committed
+    _guarded_run(tmp_path, fine_tuned, overwrite=True)
+    assert (tmp_path / "model.pt").read_bytes() != committed
+    _guarded_run(tmp_path, torch.nn.Linear(3, 2))  # modified since the commit, written by the training: its own now

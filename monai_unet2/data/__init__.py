@@ -4,10 +4,12 @@ files.
 - DICOM series: :class:`DicomSeriesReader` (``dicom_series``; a file's frames in ``dicom_headers``, series checks in
   ``dicom_checks``); single-frame slices and enhanced multi-frame images.
 - DICOM SEG: :func:`seg_to_grid` and :func:`build_dicom_seg` (``dicom_seg``), over the frame geometry shared with
-  the series reader (``dicom_geometry``).
+  the series reader (``dicom_geometry``); what a SEG says about its segments and its maker, from a bundle's
+  metadata: :class:`SegDescription` (``seg_description``).
 - Reading by content: what a file really is (``file_kinds``), the reader for it and the header checks before any
   voxel is read (``reading``; NIfTI in ``nifti_checks``, 2D images in ``images2d``), affines (``affines``).
-- Volume files: named read errors and the memory guard (``volumes``).
+- Volume files: named read errors and the memory guard (``volumes``); whether an input is the modality a model
+  expects (``modality``).
 - Segmentation outputs: naming, resume and per-format writing (``outputs``).
 - Datasets: nnU-Net v2 and Decathlon layouts and their ``dataset.json`` (``datasets``, ``dataset_json``),
   cross-validation folds (``splits``).
@@ -28,7 +30,9 @@ from .file_kinds import FileKind, sniff
 from .files import OutputWriteError, dicom_files, ensure_output_dir, write_atomically
 from .image_folders import IMAGE_SUFFIXES, image_files, image_folder_datalist, paired_datalist
 from .images2d import Image2DReader
+from .modality import ExpectedInput, ModalityMismatchError
 from .outputs import SegmentationWriter, output_paths, pending_inputs
+from .seg_description import SegDescription, SegmentCoding
 from .splits import fold_cases, make_splits, read_splits
 from .volumes import (
     VolumeFileError,
@@ -48,9 +52,13 @@ __all__ = [
     "DicomSeries",
     "DicomSeriesError",
     "DicomSeriesReader",
+    "ExpectedInput",
     "FileKind",
     "Image2DReader",
+    "ModalityMismatchError",
     "OutputWriteError",
+    "SegDescription",
+    "SegmentCoding",
     "SegmentationWriter",
     "VolumeFileError",
     "available_memory",

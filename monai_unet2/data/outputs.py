@@ -26,6 +26,7 @@ from monai.utils import MetaKeys
 from monai_unet2.data.dicom_seg import HIGHDICOM_MISSING, build_dicom_seg, highdicom_available
 from monai_unet2.data.files import ensure_output_dir, write_atomically
 from monai_unet2.data.output_checks import output_problem
+from monai_unet2.data.seg_description import SegDescription
 
 __all__ = [
     "OUTPUT_FORMATS",
@@ -225,8 +226,8 @@ class SegmentationWriter:
         label_names: label value -> name (a bundle's ``channel_def`` works), used for the SEG's segment labels and
             to decide PNG binary-ness (one foreground name).
         binary: PNG only: write 0/255; ``None`` decides from ``label_names``, else from the values (max <= 1).
-        series_description: SeriesDescription of the DICOM SEG.
-        algorithm_name: algorithm recorded in the DICOM SEG.
+        seg_description: segment codes, colours and descriptions, series description and algorithm of the DICOM SEG
+            (a bundle's: :meth:`~monai_unet2.data.SegDescription.from_metadata`); ``None``: package defaults.
         fsync: flush each file to disk before renaming it.
 
     Raises:
@@ -243,8 +244,7 @@ class SegmentationWriter:
         resume: bool = False,
         label_names: Mapping[Any, str] | Sequence[str] | None = None,
         binary: bool | None = None,
-        series_description: str = "Segmentation",
-        algorithm_name: str = "monai_unet2",
+        seg_description: SegDescription | None = None,
         fsync: bool = True,
     ) -> None:
         if output_format not in OUTPUT_FORMATS:
@@ -260,8 +260,7 @@ class SegmentationWriter:
         self.resume = resume
         self.label_names = label_names
         self.binary = binary
-        self.series_description = series_description
-        self.algorithm_name = algorithm_name
+        self.seg_description = seg_description
         self.fsync = fsync
         self._written: dict[str, str] = {}  # output -> input, for this writer's lifetime
 
@@ -305,8 +304,7 @@ class SegmentationWriter:
                 label_names=self.label_names,
                 series_uid=meta.get("SeriesInstanceUID"),
                 preferred_uids=uids,
-                series_description=self.series_description,
-                algorithm_name=self.algorithm_name,
+                description=self.seg_description,
             )
             write_atomically(paths[1], lambda tmp: seg.save_as(tmp), self.fsync)
         self._written.update(dict.fromkeys(paths, source))

@@ -5,9 +5,11 @@
   survives a dead server, marks dead runs, continues on resume, logs provenance and the bundle's configs.
 - :class:`TrackedMLFlowHandler`: MONAI's ``MLFlowHandler`` logging into that run through its failure guard;
   :class:`PredictionPreview`: preview PNGs of validation predictions.
+- :class:`WeightsGuard`: a training does not silently replace weights it did not write (the shipped ``model.pt``).
 - :class:`RegisterBestModel`: best checkpoint → registry version, aliases ``champion`` / ``challenger``.
 - :func:`load_model`, :func:`export_bundle`, :func:`local_weights`: registered versions back as a network, a bundle
-  folder, or weights for ``CheckpointLoader``. ``python -m monai_unet2.tracking export-bundle URI DEST``.
+  folder, or weights for ``CheckpointLoader``; :func:`seg_description`: what a DICOM SEG records about the model
+  (bundle and registry version). ``python -m monai_unet2.tracking export-bundle URI DEST``.
 """
 
 from .bundle_model import (
@@ -17,6 +19,9 @@ from .bundle_model import (
     is_mlflow_uri,
     load_model,
     local_weights,
+    registered_version,
+    seg_description,
+    weights_origin,
 )
 from .mlflow_handler import TrackedMLFlowHandler
 from .previews import PredictionPreview, render_preview
@@ -31,6 +36,7 @@ from .settings import (
     read_bundle_version,
     unique_run_name,
 )
+from .weights import WeightsGuard, WeightsOverwriteError
 
 __all__ = [
     "CHALLENGER",
@@ -39,6 +45,8 @@ __all__ = [
     "PredictionPreview",
     "RegisterBestModel",
     "TrackedMLFlowHandler",
+    "WeightsGuard",
+    "WeightsOverwriteError",
     "assign_alias",
     "build_inference_parser",
     "configure_http_client",
@@ -53,6 +61,9 @@ __all__ = [
     "package_versions",
     "read_bundle_version",
     "register_bundle_version",
+    "registered_version",
     "render_preview",
+    "seg_description",
     "unique_run_name",
+    "weights_origin",
 ]

@@ -1,8 +1,10 @@
-"""monai_unet2.transforms: dictionary (and array) transforms: safe loading and checks, DICOM SEG loading, per-channel
-intensity normalisation, case naming, 2.5D slice sampling, signed distance maps and saving. The readers and writers behind them are in :mod:`monai_unet2.data`."""
+"""monai_unet2.transforms: dictionary (and array) transforms: safe loading and checks, the modality guard, DICOM SEG
+loading, per-channel intensity normalisation, case naming, 2.5D slice sampling, signed distance maps and saving.
+The readers and writers behind them are in :mod:`monai_unet2.data`."""
 
 from .checks import CheckVolumeD, CheckVolumed, CheckVolumeDict, grid_distance_mm
 from .distance import SignedDistanceMapd, signed_distance_map
+from .guards import CheckModalityD, CheckModalityd, CheckModalityDict
 from .intensity import ChannelNormalize, ChannelNormalizeD, ChannelNormalized, ChannelNormalizeDict
 from .io import (
     LoadDicomSegD,
@@ -36,6 +38,9 @@ __all__ = [
     "ChannelNormalizeD",
     "ChannelNormalizeDict",
     "ChannelNormalized",
+    "CheckModalityD",
+    "CheckModalityDict",
+    "CheckModalityd",
     "CheckVolumeD",
     "CheckVolumeDict",
     "CheckVolumed",

@@ -197,6 +197,6 @@ class SignedDistanceMapd(MapTransform):
             maps = np.stack([signed_distance_map(m, spacing, self.slice_axis) for m in masks])
             out = torch.from_numpy(maps)
             if isinstance(label, MetaTensor):
-                out = MetaTensor(out, affine=label.affine, meta=label.meta)
+                out = MetaTensor(out, meta=label.meta)  # the meta holds the affine: passing both warns
             d[output_key] = out
         return d

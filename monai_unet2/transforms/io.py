@@ -35,6 +35,7 @@ from monai_unet2.data.images2d import DEFAULT_MAX_PIXELS
 from monai_unet2.data.nifti_checks import DEFAULT_QFORM_SFORM_TOLERANCE
 from monai_unet2.data.outputs import SegmentationWriter
 from monai_unet2.data.reading import header_problem, input_family, pick_reader
+from monai_unet2.data.seg_description import SegDescription
 from monai_unet2.data.volumes import (
     DEFAULT_MAX_MEMORY_FRACTION,
     DEFAULT_MEMORY_PER_VOXEL,
@@ -313,8 +314,9 @@ class SaveSegmentationd(SaveImaged):
         binary: PNG only: write 0/255; ``None`` decides from ``label_names``, else from the values (max <= 1).
         meta_keys: metadata dict keys for non-MetaTensor values (default ``{key}_{meta_key_postfix}``).
         meta_key_postfix: see ``meta_keys``.
-        series_description: SeriesDescription of the DICOM SEG.
-        algorithm_name: algorithm recorded in the DICOM SEG.
+        seg_description: segment codes, colours and descriptions, series description and algorithm of the DICOM SEG
+            (``"$monai_unet2.tracking.seg_description(@bundle_root, @ckpt_path, @tracking_uri)"`` in a bundle);
+            ``None``: package defaults.
         fsync: flush each file to disk before renaming it.
         allow_missing_keys: don't raise if a key is missing.
     """
@@ -331,8 +333,7 @@ class SaveSegmentationd(SaveImaged):
         binary: bool | None = None,
         meta_keys: KeysCollection | None = None,
         meta_key_postfix: str = "meta_dict",
-        series_description: str = "Segmentation",
-        algorithm_name: str = "monai_unet2",
+        seg_description: SegDescription | None = None,
         fsync: bool = True,
         allow_missing_keys: bool = False,
     ) -> None:
@@ -344,8 +345,7 @@ class SaveSegmentationd(SaveImaged):
             resume,
             label_names,
             binary,
-            series_description,
-            algorithm_name,
+            seg_description,
             fsync,
         )
         super().__init__(
