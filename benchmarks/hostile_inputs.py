@@ -2,7 +2,8 @@
 path the bundles use, and print a table of outcomes.
 
 Each case is one ``Case`` entry in ``CASES`` (``benchmarks/hostile_cases.py``; the files are made by
-``benchmarks/hostile_builders.py``): a name, the expected outcome (``processed`` or ``refused``), a builder that writes
+``benchmarks/hostile_builders.py``) or, for whole runs (batches of inputs, resumed runs, output names, links, weights,
+training), in ``RUN_CASES`` (``benchmarks/hostile_runs.py``, with its pipelines): a name, the expected outcome (``processed`` or ``refused``), a builder that writes
 the input into a folder and returns what the datalist would hold, the pipeline it goes through, and for processed
 cases a check of the result (numbers, or the warning that must name the file). Pipelines are the
 bundles' own ``preprocessing`` (read from their configs with MONAI's ``ConfigParser``), so a case sees exactly the
@@ -43,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from hostile_cases import CASES, Case  # noqa: E402  (the cases live next to this script)
+from hostile_runs import RUN_CASES, RUN_PIPELINES  # noqa: E402
 
 HIPPOCAMPUS = ROOT / "bundles" / "hippocampus_unet25d_segmentation"
 DRIVE = ROOT / "bundles" / "drive_vessel_u2net_segmentation"
@@ -62,21 +64,25 @@ DRIVE_CHECK = {
 }
 
 
-def _preprocessing(config: Path, bundle_root: Path, drive: bool = False) -> Callable:
+def _preprocessing(
+    configs: Path | list[Path], bundle_root: Path, key: str = "preprocessing", drive: bool = False
+) -> Callable:
+    """The bundle's own pipeline ``key`` from ``configs`` (merged in order, as ``--config_file "[...]"`` does)."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config(config)
+    parser.read_config([str(c) for c in configs] if isinstance(configs, list) else configs)
     parser["bundle_root"] = str(bundle_root)
     parser["force_modality"] = True  # the CT cases test reading, not the MR bundle's modality guard
-    transforms = parser["preprocessing"]["transforms"]
-    if drive and transforms[0]["_target_"] == "LoadImaged":
-        transforms[0] = DRIVE_LOADER
-        transforms.insert(2, DRIVE_CHECK)
-    spacing = [t["pixdim"] for t in transforms if t["_target_"] == "Spacingd"]
-    if spacing and "target_spacing" not in transforms[0]:  # the proposed hippocampus change, until it is wired
-        transforms[0]["target_spacing"] = spacing[0]
-    return parser.get_parsed_content("preprocessing", instantiate=True)
+    transforms = parser[key]["transforms"]
+    if isinstance(transforms, list):  # a literal list (not an expression): substitute what is not wired yet
+        if drive and transforms[0]["_target_"] == "LoadImaged":
+            transforms[0] = DRIVE_LOADER
+            transforms.insert(2, DRIVE_CHECK)
+        spacing = [t["pixdim"] for t in transforms if t["_target_"] == "Spacingd"]
+        if spacing and "target_spacing" not in transforms[0]:
+            transforms[0]["target_spacing"] = spacing[0]
+    return parser.get_parsed_content(key, instantiate=True)
 
 
 def _run_inference(entry: Any, folder: Path) -> Any:
@@ -107,12 +113,15 @@ PIPELINES: dict[str, Callable[[Any, Path], Any]] = {
         {"image": str(entry)}
     ),
     "hippocampus-evaluate": lambda entry, folder: _preprocessing(
-        HIPPOCAMPUS / "configs" / "evaluate.json", HIPPOCAMPUS
+        [HIPPOCAMPUS / "configs" / "train.json", HIPPOCAMPUS / "configs" / "evaluate.json"],
+        HIPPOCAMPUS,
+        key="validate#preprocessing",
     )(entry),
     "drive": lambda entry, folder: _preprocessing(DRIVE / "configs" / "inference.json", DRIVE, drive=True)(
         {"image": str(entry)}
     ),
     "hippocampus-run": _run_inference,
+    **RUN_PIPELINES,
 }
 
 
@@ -139,7 +148,8 @@ def run_case(case: Case, folder: Path) -> tuple[str, str]:
     except Exception as error:  # the outcome is the message
         reported = _reported(error)
         message = str(reported).strip()
-        names = [str(v) for v in (entry.values() if isinstance(entry, dict) else [entry])]
+        values = [v for k, v in entry.items() if not str(k).startswith("_")] if isinstance(entry, dict) else [entry]
+        names = [str(v) for v in values]
         named = "\n" not in message and any(name in message or str(Path(name).parent) in message for name in names)
         return ("refused" if named else "crashed"), f"{type(reported).__name__}: {message}"
     finally:
@@ -167,7 +177,7 @@ def main() -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     rows, unexpected = [], 0
     with tempfile.TemporaryDirectory() as tmp:
-        for index, case in enumerate(c for c in CASES if args.only.lower() in c.name.lower()):
+        for index, case in enumerate(c for c in CASES + RUN_CASES if args.only.lower() in c.name.lower()):
             if case.skip:
                 rows.append((case.name, case.expected, "skipped", case.skip))
                 continue

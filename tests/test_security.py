@@ -13,7 +13,7 @@ import pytest
 import torch
 from ignite.engine import Engine
 
-from monai_unet2.handlers import TrainingStateError, TrainingStateLoader
+from monai_unet2.handlers import SafeCheckpointLoader, TrainingStateError, TrainingStateLoader, WeightsFileError
 from monai_unet2.networks import UNet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,6 +32,14 @@ class MarkerPayload:
 
     def __reduce__(self):
         return os.system, (f"echo pwned > '{self.marker}'",)
+
+
+def assert_refused_without_unsafe_advice(message: str) -> None:
+    """The refusal says what the file asked to run, and none of torch's advice to load it anyway."""
+    assert "refused: not plain weights" in message
+    assert "posix.system" in message or "os.system" in message
+    for unsafe in ("weights_only", "add_safe_globals", "safe_globals", "Weights only load failed"):
+        assert unsafe not in message, unsafe
 
 
 def crafted_checkpoint(path: Path, marker: Path) -> Path:
@@ -97,8 +105,7 @@ def test_resume_refuses_a_crafted_training_state(tmp_path):
     TrainingStateLoader(checkpoint, {"network": network}, resume=True).attach(engine)
     with pytest.raises(TrainingStateError, match=f"{checkpoint}: cannot resume") as caught:
         engine.run([0], max_epochs=1)
-    assert "Weights only load failed" in str(caught.value)
-    assert "posix.system" in str(caught.value) or "os.system" in str(caught.value)
+    assert_refused_without_unsafe_advice(str(caught.value))
     assert not marker.exists()
     assert all(torch.equal(before[name], value) for name, value in network.state_dict().items())
 
@@ -111,9 +118,43 @@ def test_tracking_load_model_refuses_crafted_pickle(tmp_path):
     (bundle / "models").mkdir()
     marker = tmp_path / "marker"
     crafted_checkpoint(bundle / "models" / "model.pt", marker)
-    with pytest.raises(Exception, match="Weights only load failed"):
+    with pytest.raises(WeightsFileError) as caught:
         load_model(str(bundle))
+    assert str(caught.value).startswith(str(bundle / "models" / "model.pt"))
+    assert_refused_without_unsafe_advice(str(caught.value))
     assert not marker.exists()
+
+
+def test_checkpoint_loader_refuses_a_crafted_checkpoint_and_names_weights_of_another_network(tmp_path):
+    """The bundles' ``SafeCheckpointLoader``: a crafted pickle is refused with our message (torch's, which recommends
+    ``weights_only=False``, is not in the error chain), and weights of another network are summarised, not listed."""
+    marker = tmp_path / "marker"
+    checkpoint = crafted_checkpoint(tmp_path / "crafted.pt", marker)
+    network = UNet(spatial_dims=2, in_channels=5, out_channels=3, features=32)
+    engine = Engine(lambda engine, batch: None)
+    SafeCheckpointLoader(str(checkpoint), {"model": network}).attach(engine)
+    with pytest.raises(WeightsFileError) as caught:
+        engine.run([0], max_epochs=1)
+    assert_refused_without_unsafe_advice(str(caught.value))
+    chain = [caught.value.__cause__, caught.value.__context__ if not caught.value.__suppress_context__ else None]
+    assert all(link is None for link in chain)
+    assert not marker.exists()
+
+    other = tmp_path / "other.pt"
+    torch.save(UNet(spatial_dims=2, in_channels=3, out_channels=2, features=16).state_dict(), other)
+    engine = Engine(lambda engine, batch: None)
+    SafeCheckpointLoader(str(other), {"model": network}).attach(engine)
+    with pytest.raises(WeightsFileError, match=f"{other}: these weights do not fit the network") as caught:
+        engine.run([0], max_epochs=1)
+    message = str(caught.value)
+    assert "\n" not in message and "tensor(s) of another shape" in message and len(message) < 400
+
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(other.read_bytes()[:5000])
+    engine = Engine(lambda engine, batch: None)
+    SafeCheckpointLoader(str(truncated), {"model": network}).attach(engine)
+    with pytest.raises(WeightsFileError, match=f"{truncated}: not a complete PyTorch checkpoint"):
+        engine.run([0], max_epochs=1)
 
 
 @pytest.mark.integration
@@ -143,6 +184,7 @@ def test_bundle_inference_refuses_crafted_checkpoint(tmp_path):
     result = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     output = result.stdout + result.stderr
     assert result.returncode != 0, output[-3000:]
-    assert "Weights only load failed" in output
+    assert output.strip().splitlines()[-1].startswith(f"{checkpoint}: refused: not plain weights")
+    assert_refused_without_unsafe_advice(output)
     assert not marker.exists()
-    assert not outputs.exists() or not any(p.is_file() and "logs" not in p.parts for p in outputs.rglob("*"))
+    assert not outputs.exists() or not any(outputs.glob("*_seg.*"))  # only the log of the refusal (logs/)

@@ -208,15 +208,24 @@ def test_resume_skips_existing_and_pending_inputs_filters(tmp_path):
     assert pending_inputs(datalist, tmp_path) == datalist[1:]
 
 
-def test_pending_inputs_dicom_seg_needs_both_files(tmp_path):
-    folder = str(DICOM / "dcmqi_ct3slice" / "ct")
-    datalist = [{"image": folder}]
+def test_pending_inputs_dicom_seg_needs_both_finished_files(tmp_path):
+    """Resume counts an input as done only when every output is there and finished: a 0-byte SEG (or NIfTI) under
+    the final name is redone (before: any file counted)."""
+    pytest.importorskip("highdicom")
+    folder = DICOM / "dcmqi_ct3slice" / "ct"
+    datalist = [{"image": str(folder)}]
     assert pending_inputs(datalist, tmp_path, output_format="dicom_seg") == datalist
-    (tmp_path / "ct_seg.nii.gz").write_bytes(b"")
+    data, _ = _ct_with_prediction(folder)
+    SaveSegmentationd("pred", tmp_path, output_format="dicom_seg")(data)
+    assert pending_inputs(datalist, tmp_path, output_format="dicom_seg") == []
+    assert pending_inputs(datalist, tmp_path, output_format="nifti") == []
+    (tmp_path / "ct_seg.dcm").write_bytes(b"")
     assert pending_inputs(datalist, tmp_path, output_format="nifti") == []
     assert pending_inputs(datalist, tmp_path, output_format="dicom_seg") == datalist
-    (tmp_path / "ct_seg.dcm").write_bytes(b"")
-    assert pending_inputs(datalist, tmp_path, output_format="dicom_seg") == []
+    (tmp_path / "ct_seg.dcm").unlink()
+    assert pending_inputs(datalist, tmp_path, output_format="dicom_seg") == datalist
+    (tmp_path / "ct_seg.nii.gz").write_bytes(b"")
+    assert pending_inputs(datalist, tmp_path, output_format="nifti") == datalist
 
 
 # ----------------------------------------------------------------------------------------------------- PNG

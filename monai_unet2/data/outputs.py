@@ -25,14 +25,27 @@ from monai.utils import MetaKeys
 
 from monai_unet2.data.dicom_seg import HIGHDICOM_MISSING, build_dicom_seg, highdicom_available
 from monai_unet2.data.files import ensure_output_dir, write_atomically
+from monai_unet2.data.output_checks import output_problem
 from monai_unet2.data.seg_description import SegDescription
 
-__all__ = ["OUTPUT_FORMATS", "SegmentationWriter", "output_paths", "pending_inputs"]
+__all__ = [
+    "OUTPUT_FORMATS",
+    "OutputNameError",
+    "SegmentationWriter",
+    "check_output_names",
+    "output_paths",
+    "output_source",
+    "pending_inputs",
+]
 
 logger = logging.getLogger(__name__)
 
 OUTPUT_FORMATS = ("nifti", "dicom_seg", "png")
 _KNOWN_SUFFIXES = (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".dcm", ".nrrd", ".mha")
+
+
+class OutputNameError(ValueError):
+    """Inputs of a batch whose outputs would have the same name (or replace an input); the message names them."""
 
 
 def _input_stem(input_path: str | os.PathLike) -> str:
@@ -81,6 +94,71 @@ def output_paths(
     return paths
 
 
+def output_source(entry: Mapping[str, Any] | str, image_key: str = "image") -> str:
+    """The path a datalist entry's outputs are named after (by :func:`output_paths`): its image, or for an image given
+    as a list of channel files with a ``case`` name, ``<folder of the first>/<case>.nii.gz``.
+
+    Args:
+        entry: ``{"image": path or [paths], ...}`` or a path.
+        image_key: key of the input path in the entry.
+    """
+    value = entry[image_key] if isinstance(entry, Mapping) else entry
+    if isinstance(value, (list, tuple)):
+        first = os.fspath(value[0])
+        case = entry.get("case") if isinstance(entry, Mapping) else None
+        return os.path.join(os.path.dirname(first), f"{case}.nii.gz") if case and len(value) > 1 else first
+    return os.fspath(value)
+
+
+def check_output_names(
+    datalist: Iterable[Mapping[str, Any] | str],
+    output_dir: str | os.PathLike,
+    output_postfix: str = "seg",
+    output_format: str = "nifti",
+    image_key: str = "image",
+) -> None:
+    """Refuse, before anything runs, a batch in which two inputs would write the same output, or an output would
+    replace an input.
+
+    Outputs are named after the input's name without its suffix (:func:`output_paths`), so ``x.nii`` and
+    ``x.nii.gz``, a DICOM folder ``x`` and ``x.nii.gz``, ``a.png`` and ``a.tif``, or one file listed twice (two
+    symbolic links to it) would share one output: the second would silently replace the first. Names are compared
+    as the file system of the output folder may compare them: exactly, and also ignoring case (``A.nii.gz`` and
+    ``a.nii.gz`` collide on macOS and Windows shares).
+
+    Args:
+        datalist: ``{"image": path, ...}`` entries (or plain paths) of the batch.
+        output_dir, output_postfix, output_format: as given to :class:`~monai_unet2.transforms.SaveSegmentationd`.
+        image_key: key of the input path in the entries.
+
+    Raises:
+        OutputNameError: naming every group of colliding inputs and the output they share.
+    """
+    claimed: dict[str, list[str]] = {}
+    sources = [output_source(entry, image_key) for entry in datalist]
+    inputs = {os.path.normcase(os.path.abspath(source)).lower() for source in sources}
+    problems = []
+    for source in sources:
+        for path in output_paths(source, output_dir, output_postfix, output_format):
+            key = os.path.normcase(os.path.abspath(path)).lower()
+            claimed.setdefault(key, []).append(source)
+            if key in inputs:
+                problems.append(f"the output {path} of {source} would replace an input of the batch")
+    for key, owners in claimed.items():
+        if len(owners) > 1:
+            if len(set(owners)) == 1:
+                problems.append(f"{owners[0]} is listed {len(owners)} times (two links to one file?)")
+            else:
+                both = "both" if len(owners) == 2 else "all"
+                problems.append(f"{' and '.join(owners)} would {both} be written to {os.path.basename(key)}")
+    if problems:
+        raise OutputNameError(
+            f"{len(problems)} output name conflict(s) in {os.fspath(output_dir)}, nothing was run: "
+            + "; ".join(sorted(set(problems)))
+            + ". Rename or move the inputs so that their names without suffix differ, or run them in separate batches"
+        )
+
+
 def pending_inputs(
     datalist: Iterable[Mapping[str, Any] | str],
     output_dir: str | os.PathLike,
@@ -88,10 +166,13 @@ def pending_inputs(
     output_format: str = "nifti",
     image_key: str = "image",
 ) -> list:
-    """The datalist entries whose outputs are not all written yet, so a re-run segments only those.
+    """The datalist entries whose outputs are not all finished yet, so a re-run segments only those.
 
-    Use it on the inference datalist (before the expensive part) together with ``resume=True`` of
-    :class:`~monai_unet2.transforms.SaveSegmentationd`; temporary files of an interrupted write do not count as outputs.
+    An output counts as finished only when it opens and fits its input
+    (:func:`~monai_unet2.data.output_checks.output_problem`): a 0-byte, truncated or foreign file under the output's
+    name is logged with what is wrong and its input segmented again (the new output replaces it atomically). Use it
+    on the inference datalist (before the expensive part) together with ``resume=True`` of
+    :class:`~monai_unet2.transforms.SaveSegmentationd`; temporary files of an interrupted write do not count.
 
     Args:
         datalist: ``{"image": path, ...}`` entries (or plain paths).
@@ -100,13 +181,19 @@ def pending_inputs(
     """
     pending, done = [], 0
     for entry in datalist:
-        path = entry[image_key] if isinstance(entry, Mapping) else entry
-        if all(os.path.isfile(p) for p in output_paths(path, output_dir, output_postfix, output_format)):
+        source = output_source(entry, image_key)
+        finished = True
+        for path in output_paths(source, output_dir, output_postfix, output_format):
+            problem = output_problem(path, source)
+            if problem is not None and os.path.lexists(path):
+                logger.warning(f"resume: {path} is not a finished output: {problem}; segmenting {source} again")
+            finished = finished and problem is None
+        if finished:
             done += 1
         else:
             pending.append(entry)
     if done:
-        logger.info("%d of %d inputs already have their outputs in %s", done, done + len(pending), output_dir)
+        logger.info(f"resume: {done} of {done + len(pending)} inputs already have finished outputs in {output_dir}")
     return pending
 
 
@@ -124,14 +211,17 @@ class SegmentationWriter:
       referencing the source slices (:func:`~monai_unet2.data.dicom_seg.build_dicom_seg`; needs highdicom).
 
     Every file is written to a hidden temporary name and renamed (:func:`~monai_unet2.data.files.write_atomically`);
-    failures raise :class:`~monai_unet2.data.files.OutputWriteError` naming the file.
+    failures raise :class:`~monai_unet2.data.files.OutputWriteError` naming the file. An output this writer already
+    wrote for another input is never replaced (:class:`OutputNameError`, naming both inputs): a batch checks names
+    before it starts (:func:`check_output_names`), this is the guard for callers that do not.
 
     Args:
         output_dir: output folder, created when needed.
         output_postfix: appended to the input's name after an underscore.
         output_format: ``"nifti"``, ``"dicom_seg"`` or ``"png"``.
         output_dtype: integer dtype of the NIfTI / PNG data (uint8 default; label values must fit).
-        resume: skip inputs whose outputs all exist already (see also :func:`pending_inputs`, which skips them
+        resume: skip inputs whose outputs are all finished already (they open and fit the input:
+            :func:`~monai_unet2.data.output_checks.output_problem`; see also :func:`pending_inputs`, which skips them
             before inference).
         label_names: label value -> name (a bundle's ``channel_def`` works), used for the SEG's segment labels and
             to decide PNG binary-ness (one foreground name).
@@ -172,6 +262,7 @@ class SegmentationWriter:
         self.binary = binary
         self.seg_description = seg_description
         self.fsync = fsync
+        self._written: dict[str, str] = {}  # output -> input, for this writer's lifetime
 
     def write(self, label_map: torch.Tensor | np.ndarray, meta: Mapping | None) -> list[str]:
         """Write the outputs of one label map; returns their paths (also when skipped by ``resume``).
@@ -186,13 +277,20 @@ class SegmentationWriter:
         source = meta["filename_or_obj"]
         source = os.fspath(source[0] if isinstance(source, (list, tuple)) else source)
         paths = output_paths(source, self.output_dir, self.output_postfix, self.output_format)
-        if self.resume and all(os.path.isfile(p) for p in paths):
+        earlier = {self._written.get(p) for p in paths} - {None, source}
+        if earlier:
+            raise OutputNameError(
+                f"{source} and {earlier.pop()} would both be written to {paths[0]}: refusing to replace an output "
+                "of this run (rename one of the inputs)"
+            )
+        if self.resume and all(output_problem(p, source) is None for p in paths):
             logger.info("resume: %s already written, skipping", ", ".join(paths))
             return paths
         ensure_output_dir(self.output_dir)
         labels = self._label_values(label_map, meta, source)
         if self.output_format == "png":
             write_atomically(paths[0], lambda tmp: self._png_writer(labels, meta).write(tmp), self.fsync)
+            self._written[paths[0]] = source
             return paths
         writer = self._nifti_writer(labels, meta, source)
         grid_labels, grid_affine = np.asarray(writer.data_obj), np.asarray(writer.affine, dtype=np.float64)
@@ -209,6 +307,7 @@ class SegmentationWriter:
                 description=self.seg_description,
             )
             write_atomically(paths[1], lambda tmp: seg.save_as(tmp), self.fsync)
+        self._written.update(dict.fromkeys(paths, source))
         return paths
 
     def _label_values(self, label_map: torch.Tensor | np.ndarray, meta: Mapping, source: str) -> np.ndarray:

@@ -11,15 +11,21 @@ from .checkpoints import (
 from .metrics import class_output_transform
 from .progress import EpochProgressBar
 from .references import handler_reference
+from .weights import SafeCheckpointLoader, WeightsFileError, describe_weights_error, load_weights, load_weights_into
 
 __all__ = [
     "AtomicCheckpointSaver",
     "BestMetricState",
     "EpochProgressBar",
+    "SafeCheckpointLoader",
     "TrainingStateError",
     "TrainingStateLoader",
     "TrainingStateSaver",
+    "WeightsFileError",
     "class_output_transform",
+    "describe_weights_error",
     "handler_reference",
+    "load_weights",
+    "load_weights_into",
     "save_checkpoint_atomically",
 ]

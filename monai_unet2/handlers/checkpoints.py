@@ -32,6 +32,7 @@ from monai.handlers import CheckpointLoader
 from monai.utils import IgniteInfo, is_scalar, min_version, optional_import
 
 from ..data.files import write_atomically
+from .weights import WeightsFileError, load_weights
 
 if TYPE_CHECKING:
     from ignite.engine import Engine, Events
@@ -303,11 +304,12 @@ class TrainingStateLoader(CheckpointLoader):
     def __call__(self, engine: Engine) -> None:
         path = self.load_path
         try:
-            checkpoint = torch.load(path, map_location=self.map_location, weights_only=True)
-        except Exception as error:
+            checkpoint = load_weights(path, map_location=self.map_location)
+        except WeightsFileError as error:
+            reason = str(error).removeprefix(f"{path}: ")
             raise TrainingStateError(
-                f"{path}: cannot resume from this training state, it could not be read ({type(error).__name__}: "
-                f"{error}). Move it away to start training from scratch."
+                f"{path}: cannot resume from this training state: {reason}. Move it away to start training from "
+                "scratch."
             ) from error
         to_load = {**self.load_dict, self.engine_key: engine}
         missing = sorted(set(to_load) - set(checkpoint) if isinstance(checkpoint, Mapping) else to_load)

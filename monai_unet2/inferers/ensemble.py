@@ -137,9 +137,9 @@ class FoldEnsembleInferer(Inferer):
         if cached is None or cached[0] != stamp:
             template = getattr(network, "module", network)
             device = next(template.parameters(), torch.empty(0)).device
-            member = copy.deepcopy(template)
-            state = torch.load(path, map_location=device, weights_only=True)
-            member.load_state_dict(state)
+            from monai_unet2.handlers.weights import load_weights_into  # torch.load(weights_only=True), named errors
+
+            member = load_weights_into(copy.deepcopy(template), path, map_location=device)
             self._members[path] = (stamp, member)
             cached = self._members[path]
         member = cached[1]

@@ -231,7 +231,9 @@ def _network_from_bundle(bundle_dir: Path, device: str | torch.device) -> torch.
     parser = build_inference_parser(bundle_dir, device)
     network = parser.get_parsed_content("network_def", instantiate=True)
     weights_file = bundle_dir / "models" / "model.pt"
-    state = torch.load(weights_file, map_location=torch.device(device), weights_only=True)
+    from monai_unet2.handlers.weights import load_weights  # torch.load(weights_only=True), errors naming the file
+
+    state = load_weights(weights_file, map_location=torch.device(device))
     if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
         state = state["model"]
     network.load_state_dict(state)
