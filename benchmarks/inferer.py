@@ -318,13 +318,9 @@ def mib(n: float) -> str:
     return f"{n / 2**20:.0f}"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer configurations and slices (under ~2 minutes)")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: shared machine)")
-    parser.add_argument("--only-efficiency", action="store_true", help="only the cheap-network efficiency table")
-    args = parser.parse_args()
-    rounds, num_slices = (1, 24) if args.quick else (5, 155)
+def efficiency_table(quick: bool) -> None:
+    """The cheap-network table at 1 and 2 threads, printed and written to ``results/inferer_efficiency.md``."""
+    rounds, num_slices = (1, 24) if quick else (5, 155)
     rows = []
     for threads in (1, 2):
         rows += efficiency_rows(threads, rounds, num_slices)
@@ -339,6 +335,17 @@ def main() -> None:
     )
     print("\n" + body)
     write_result("inferer_efficiency", "SlidingWindowSliceInferer: its own cost with a cheap network", body)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer configurations and slices (under ~2 minutes)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: shared machine)")
+    parser.add_argument("--only-efficiency", action="store_true", help="only the cheap-network efficiency table")
+    parser.add_argument("--skip-efficiency", action="store_true", help="all but the cheap-network efficiency table")
+    args = parser.parse_args()
+    if not args.skip_efficiency:
+        efficiency_table(args.quick)
     if args.only_efficiency:
         return
     torch.set_num_threads(args.threads)
