@@ -153,9 +153,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one CT slice, one DRIVE image, one round")
     parser.add_argument("--threads", type=int, default=2, help="threads for every backend (default 2)")
+    parser.add_argument("--slices", type=int, default=4, help="CT slices (default 4)")
+    parser.add_argument("--images", type=int, default=2, help="DRIVE images (default 2)")
+    parser.add_argument("--rounds", type=int, default=5, help="timed interleaved rounds (default 5)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    repeats, slices, images = (1, 1, 1) if args.quick else (5, 4, 2)
+    repeats, slices, images = (1, 1, 1) if args.quick else (args.rounds, args.slices, args.images)
     rows = []
     arguments, volumes, network = hippocampus_workload(slices)
     rows += compare(
