@@ -46,6 +46,8 @@ VARIANTS: dict[str, dict] = {
     "48×64 windows, overlap 0.5, bf16 + channels_last": FAST,
     "whole slice as is, fp32": {"roi_size": None, "sw_batch_size": 4},
     "whole slice padded to ×16, bf16 + channels_last": {**WHOLE, **FAST},
+    "whole slice padded to ×16, at least 48×64, fp32": {**WHOLE, "min_roi_size": "@roi_size"},
+    "whole slice padded to ×16, at least 48×64, bf16 + channels_last": {**WHOLE, "min_roi_size": "@roi_size", **FAST},
 }
 
 

@@ -175,3 +175,21 @@ def test_whole_slices_rounded_up_to_the_network_stride_equal_the_padded_window()
         )
     assert torch.equal(window, whole)
     assert recorder[0] == recorder[-2] == (48, 64) and recorder[-1] == (112, 20)
+
+
+def test_min_roi_size_keeps_whole_slices_at_least_the_training_window():
+    """A 36×48 slice rounds up to 48×48, narrower than the 48×64 training window: ``min_roi_size`` keeps the padded
+    training window for small slices (identical to an explicit 48×64 ROI) and one whole window for large ones."""
+    torch.manual_seed(24)
+    network = conv_net(5)
+    shapes = []
+    network[0].register_forward_pre_hook(lambda _, x: shapes.append(tuple(x[0].shape[2:])))
+    small, large = torch.randn(1, 1, 36, 48, 5), torch.randn(1, 1, 100, 70, 3)
+    whole = SlidingWindowSliceInferer(
+        None, 8, 2, 2, 0.5, "gaussian", padding_mode="replicate", size_divisible_by=16, min_roi_size=(48, 64)
+    )
+    with torch.no_grad():
+        window = SlidingWindowSliceInferer((48, 64), 8, 2, 2, 0.5, "gaussian", padding_mode="replicate")(small, network)
+        assert torch.equal(whole(small, network), window)
+        whole(large, network)
+    assert shapes[-2] == (48, 64) and shapes[-1] == (112, 80)

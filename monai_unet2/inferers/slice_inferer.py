@@ -92,6 +92,10 @@ class SlidingWindowSliceInferer(Inferer):
             network's total stride (16 for a UNet of depth 4) for whole-slice inference: a slice whose sizes
             pooling cannot halve evenly loses rows and columns inside the network (on the hippocampus validation
             split, whole 36×52 slices score Dice 0.10 lower than the same slices padded to 48×64).
+        min_roi_size: lower bound of window sizes taken from the slice, e.g. the training window: with
+            ``roi_size=None`` a slice smaller than it is padded to it, as in training, and a larger slice is one
+            window. (On the hippocampus split, rounding alone gave some slices a window narrower than the
+            training window, and Dice 0.017 lower.)
         window_batching: ``"runs"``: one strided copy and one blend per run of consecutive slices (fastest on CPUs,
             also when runs are one window long); ``"indexed"``: one advanced-indexing gather and one
             ``index_put_`` per batch (fewest kernel launches); ``"auto"`` (default): ``"indexed"`` on accelerators
@@ -120,6 +124,7 @@ class SlidingWindowSliceInferer(Inferer):
         channels_last: bool = False,
         window_batching: str = "auto",
         size_divisible_by: Sequence[int] | int = 1,
+        min_roi_size: Sequence[int] | int | None = None,
     ) -> None:
         super().__init__()
         if roi_size is not None and not isinstance(roi_size, int) and len(roi_size) != 2:
@@ -157,6 +162,7 @@ class SlidingWindowSliceInferer(Inferer):
         self.channels_last = bool(channels_last)
         self.window_batching = window_batching
         self.size_divisible_by = size_divisible_by
+        self.min_roi_size = min_roi_size
 
     def __call__(
         self,
@@ -217,7 +223,14 @@ class SlidingWindowSliceInferer(Inferer):
         context = 0 if view is None else self.context_slices
         batch_size, channels, num_slices = stack.shape[:3]
         grid = build_plane_window_grid(
-            stack.shape[3:], self.roi_size, self.overlap, self.mode, self.sigma_scale, sw_device, self.size_divisible_by
+            stack.shape[3:],
+            self.roi_size,
+            self.overlap,
+            self.mode,
+            self.sigma_scale,
+            sw_device,
+            self.size_divisible_by,
+            self.min_roi_size,
         )
         total = batch_size * num_slices * len(grid)
         if bar is not None:

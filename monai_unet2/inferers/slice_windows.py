@@ -91,6 +91,7 @@ def build_plane_window_grid(
     sigma_scale: Sequence[float] | float,
     device: torch.device | str,
     size_divisible_by: Sequence[int] | int = 1,
+    min_roi_size: Sequence[int] | int | None = None,
 ) -> PlaneWindowGrid:
     """Build the window grid of a plane with MONAI's ``dense_patch_slices`` and ``compute_importance_map``.
 
@@ -108,12 +109,18 @@ def build_plane_window_grid(
         size_divisible_by: window sizes taken from the plane (``None`` / 0 / -1 entries of ``roi_size``) are rounded
             up to a multiple of this, one value or one per axis; the window is then larger than the plane and
             padded.
+        min_roi_size: lower bound of window sizes taken from the plane (e.g. the training window), one value or
+            one per axis; ``None`` for none.
     """
     plane = tuple(int(s) for s in plane_size)
     roi = fall_back_tuple(roi_size, plane)
     from_plane = [r is None or int(r) <= 0 for r in ensure_tuple_rep(roi_size, 2)]
     multiples = ensure_tuple_rep(size_divisible_by, 2)
-    roi = tuple(-(-r // int(m)) * int(m) if full else r for r, m, full in zip(roi, multiples, from_plane))
+    lower = ensure_tuple_rep(1 if min_roi_size is None else min_roi_size, 2)
+    roi = tuple(
+        max(-(-r // int(m)) * int(m), int(low)) if full else r
+        for r, m, low, full in zip(roi, multiples, lower, from_plane)
+    )
     overlaps = ensure_tuple_rep(overlap, 2)
     if any(not 0 <= o < 1 for o in overlaps):
         raise ValueError(f"overlap must be >= 0 and < 1, got {overlap}.")
