@@ -24,15 +24,20 @@ BUNDLE_NAME = "hippocampus_unet25d_segmentation"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLE_ROOT = REPO_ROOT / "bundles" / BUNDLE_NAME
 
-__all__ = ["main", "print_dice_table"]
+__all__ = ["foreground_names", "main", "print_dice_table"]
 
 
-def _run_bundle(config: str, **overrides: object) -> None:
-    """Run one of the bundle's configs with MONAI's bundle runner (as ``python -m monai.bundle run`` does)."""
+def _run_bundle(*configs: str, **overrides: object) -> None:
+    """Run the bundle's configs, merged in order, with MONAI's bundle runner (as ``python -m monai.bundle run`` does).
+
+    Args:
+        configs: file names in the bundle's ``configs/`` folder, e.g. ``"train.json", "evaluate.json"``.
+        overrides: config ids to override, as on the command line.
+    """
     from monai.bundle import run
 
     run(
-        config_file=str(BUNDLE_ROOT / "configs" / config),
+        config_file=[str(BUNDLE_ROOT / "configs" / config) for config in configs],
         meta_file=str(BUNDLE_ROOT / "configs" / "metadata.json"),
         logging_file=str(BUNDLE_ROOT / "configs" / "logging.conf"),
         bundle_root=str(BUNDLE_ROOT),
@@ -40,16 +45,24 @@ def _run_bundle(config: str, **overrides: object) -> None:
     )
 
 
-def print_dice_table(dice_csv: Path, class_names: tuple[str, ...] = ("anterior", "posterior")) -> dict[str, float]:
+def foreground_names(bundle_root: Path = BUNDLE_ROOT) -> tuple[str, ...]:
+    """The bundle's foreground label names in label order, from its ``metadata.json``."""
+    from monai_unet2.bundle_config import label_names
+
+    return tuple(name for value, name in label_names(bundle_root).items() if value != "0")
+
+
+def print_dice_table(dice_csv: Path, class_names: tuple[str, ...] | None = None) -> dict[str, float]:
     """Print the per-case Dice table written by the bundle's ``evaluate.json`` and return the per-class means.
 
     Args:
-        dice_csv: ``dice_raw.csv`` from MONAI's ``MetricsSaver`` (one row per case, one column per class).
-        class_names: names of the foreground classes in column order.
+        dice_csv: ``dice_raw.csv`` of the evaluation report (one row per case, one column per label name).
+        class_names: names of the foreground classes in column order; default the bundle's labels.
     """
+    class_names = class_names or foreground_names()
     with open(dice_csv, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    columns = [f"class{index}" for index in range(len(class_names))]
+    columns = list(class_names)
     header = f"{'case':<22}" + "".join(f"{name:>12}" for name in class_names) + f"{'mean':>10}"
     print(header)
     print("-" * len(header))
@@ -76,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.time()
 
     print(f"\n== 1/3  Shipped model on the {BUNDLE_NAME} sample (held-out validation cases) ==")
-    _run_bundle("evaluate.json", output_dir=str(output_dir / "evaluation"))
+    _run_bundle("train.json", "evaluate.json", output_dir=str(output_dir / "evaluation"))
     means = print_dice_table(output_dir / "evaluation" / "dice_raw.csv")
 
     print("\n== 2/3  Segmenting the sample volumes (labels written in each input's space) ==")
@@ -96,13 +109,12 @@ def main(argv: list[str] | None = None) -> None:
         ckpt_dir=str(train_dir / "models"),
         output_dir=str(train_dir / "eval"),
         max_epochs=args.epochs,
+        epoch_length=3,  # one pass over the 9 training volumes of the sample, 4 per batch
     )
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{train_dir / 'eval' / 'mlflow.db'}"
     print(f"\nDone in {time.time() - started:.0f} s.")
-    print(
-        f"Shipped model, mean Dice on the sample: anterior {means['anterior']:.3f}, posterior {means['posterior']:.3f}"
-    )
-    print(f"Checkpoint of the short run: {train_dir / 'models' / 'model.pt'}")
+    print("Shipped model, mean Dice on the sample: " + ", ".join(f"{name} {dice:.3f}" for name, dice in means.items()))
+    print(f"Checkpoint of the short run: {train_dir / 'models' / 'fold_0' / 'model.pt'}")
     print("Look at the tracked run (metrics, config, prediction overlays) with:")
     print(f"    .venv/bin/mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000")
 

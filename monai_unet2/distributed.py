@@ -8,9 +8,11 @@ nothing in MONAI or torch offers as one call:
 
 - :func:`local_device` / :func:`init_process_group`: ``cuda:$LOCAL_RANK`` with NCCL on GPUs, ``cpu`` with Gloo
   otherwise, the backend chosen from the device so one config runs on both.
-- :func:`rank_zero_handlers`: the trainer / evaluator handler lists with logging, tracking and checkpoint handlers
-  kept on rank 0 only. Handlers that take part in collectives (validation, metric savers, early stopping) stay on
-  every rank, otherwise the other ranks would wait for them forever.
+- :func:`rank_zero_handlers`: the trainer / evaluator handler lists without the handlers that run on rank 0 only on
+  the other ranks. A handler declares it with a class attribute ``rank_zero_only = True`` (every writer of this
+  package does); MONAI's own writers, which cannot declare it, are listed in :data:`MONAI_RANK_ZERO_HANDLERS`.
+  Handlers that take part in collectives (validation, metric savers, early stopping) stay on every rank, otherwise
+  the other ranks would wait for them forever.
 - :class:`BroadcastBuffers`: rank 0's BatchNorm running statistics copied to every rank before validation.
   DDP synchronises buffers at the *start* of each training forward pass, so after the last iteration each rank
   holds statistics updated by its own last batch; without this, each rank would validate a slightly different
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
+from monai.handlers import CheckpointSaver, MLFlowHandler, StatsHandler, TensorBoardHandler
 from monai.utils import IgniteInfo, min_version, optional_import
 
 if TYPE_CHECKING:
@@ -35,6 +38,7 @@ else:
     Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 
 __all__ = [
+    "MONAI_RANK_ZERO_HANDLERS",
     "BroadcastBuffers",
     "backend_for",
     "destroy_process_group",
@@ -43,9 +47,14 @@ __all__ = [
     "local_device",
     "quiet_other_ranks",
     "rank_zero_handlers",
+    "runs_on_rank_zero_only",
 ]
 
 TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+#: MONAI's handlers that only write (console lines, checkpoint files, tracking) and so run on rank 0 only. They are
+#: listed here because MONAI's classes carry no ``rank_zero_only`` declaration; ours do.
+MONAI_RANK_ZERO_HANDLERS: tuple[type, ...] = (StatsHandler, CheckpointSaver, MLFlowHandler, TensorBoardHandler)
 
 
 def backend_for(device: torch.device | str) -> str:
@@ -132,34 +141,25 @@ def quiet_other_ranks(level: int = logging.WARNING) -> None:
         root.setLevel(max(root.level, level))
 
 
-def _rank_zero_only_types() -> tuple[type, ...]:
-    from monai.handlers import CheckpointSaver, MLFlowHandler, StatsHandler, TensorBoardHandler
+def runs_on_rank_zero_only(handler: Any) -> bool:
+    """Whether ``handler`` runs on rank 0 only: its ``rank_zero_only`` declaration, else membership of
+    :data:`MONAI_RANK_ZERO_HANDLERS`.
 
-    from monai_unet2.handlers import EpochProgressBar, TrainingStateSaver
-    from monai_unet2.tracking import PredictionPreview, RegisterBestModel
-
-    return (
-        StatsHandler,
-        CheckpointSaver,
-        MLFlowHandler,
-        TensorBoardHandler,
-        RegisterBestModel,
-        PredictionPreview,
-        EpochProgressBar,
-        TrainingStateSaver,
-    )
+    Args:
+        handler: an entry of a trainer's or evaluator's handler list.
+    """
+    declared = getattr(handler, "rank_zero_only", None)
+    return bool(declared) if declared is not None else isinstance(handler, MONAI_RANK_ZERO_HANDLERS)
 
 
 def rank_zero_handlers(handlers: Iterable[Any] | None) -> list[Any]:
-    """The handlers this rank attaches: all of them on rank 0, those that do no I/O of their own elsewhere.
+    """The handlers this rank attaches: all of them on rank 0, on the other ranks those that do not declare
+    themselves rank-0 only (:func:`runs_on_rank_zero_only`).
 
-    Rank 0 only: ``StatsHandler``, ``CheckpointSaver``, ``MLFlowHandler`` (and ``TrackedMLFlowHandler``),
-    ``TensorBoardHandler`` subclasses, ``RegisterBestModel``, ``PredictionPreview``, ``EpochProgressBar``,
-    ``TrainingStateSaver``: each only writes (logs,
-    files, tracking), and one writer is wanted. Everything else (LR schedule, boundary-weight schedule,
-    ``ValidationHandler``, ``CheckpointLoader``, ``MetricsSaver``, ``EarlyStopHandler``, unknown handlers) runs on
-    every rank, because the ranks must stay in step and some of them call collectives. ``None`` entries (items
-    switched off with ``_disabled_`` and referenced from the list) are dropped on every rank.
+    A rank-0-only handler only writes (logs, files, tracking) and one writer is wanted. Everything else (LR schedule,
+    loss-weight schedule, ``ValidationHandler``, ``CheckpointLoader``, ``MetricsSaver``, ``EarlyStopHandler``,
+    unknown handlers) runs on every rank, because the ranks must stay in step and some of them call collectives.
+    ``None`` entries (items switched off with ``_disabled_`` and referenced from the list) are dropped on every rank.
 
     Args:
         handlers: a trainer's or evaluator's handler list (``@train#handlers``); ``None`` for none.
@@ -167,8 +167,7 @@ def rank_zero_handlers(handlers: Iterable[Any] | None) -> list[Any]:
     handlers = [handler for handler in (handlers or []) if handler is not None]
     if is_rank0():
         return handlers
-    rank_zero_only = _rank_zero_only_types()
-    return [handler for handler in handlers if not isinstance(handler, rank_zero_only)]
+    return [handler for handler in handlers if not runs_on_rank_zero_only(handler)]
 
 
 class BroadcastBuffers:
@@ -183,6 +182,8 @@ class BroadcastBuffers:
         src: the rank whose buffers win.
         event: the ignite event of the engine to run on (before the first iteration).
     """
+
+    rank_zero_only = False
 
     def __init__(self, network: torch.nn.Module, src: int = 0, event: str = "STARTED") -> None:
         self.network = network

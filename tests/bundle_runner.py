@@ -3,11 +3,25 @@
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 
+def config_file_argument(bundle_root: Path, config: str | Sequence[str]) -> str:
+    """The ``--config_file`` value for one file of the bundle's ``configs/`` folder, or a list of them merged in
+    order (``["train.json", "evaluate.json"]``: evaluate.json overrides train.json, as in MONAI's model zoo)."""
+    if isinstance(config, str):
+        return str(bundle_root / "configs" / config)
+    return repr([str(bundle_root / "configs" / name) for name in config])
+
+
 def run_bundle(
-    bundle_root: Path, command: str, cwd: Path, *args: str, config: str | None = None, timeout: int = 600
+    bundle_root: Path,
+    command: str,
+    cwd: Path,
+    *args: str,
+    config: str | Sequence[str] | None = None,
+    timeout: int = 600,
 ) -> str:
     """Run ``python -m monai.bundle <command>`` for ``bundle_root`` in ``cwd`` and return its output.
 
@@ -16,7 +30,7 @@ def run_bundle(
         command: ``run``, ``verify_metadata``, ``verify_net_in_out``, ``ckpt_export``, ...
         cwd: working directory, outside the bundle.
         args: further command-line arguments.
-        config: a file of the bundle's ``configs/`` folder to pass as ``--config_file``.
+        config: a file of the bundle's ``configs/`` folder to pass as ``--config_file``, or a list of them.
         timeout: seconds before the run is killed and the test fails.
 
     Raises:
@@ -26,7 +40,7 @@ def run_bundle(
     if command != "verify_metadata":
         argv += ["--bundle_root", str(bundle_root), "--meta_file", str(bundle_root / "configs" / "metadata.json")]
     if config:
-        argv += ["--config_file", str(bundle_root / "configs" / config)]
+        argv += ["--config_file", config_file_argument(bundle_root, config)]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     result = subprocess.run(argv + list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     output = result.stdout + result.stderr

@@ -7,6 +7,7 @@ the saved checkpoint on all three validation volumes, not on rank 0's shard. Sta
 every per-volume Dice non-trivial (a one-epoch model from scratch scores ~0), so the comparison can fail.
 """
 
+import itertools
 import json
 import os
 import signal
@@ -19,9 +20,17 @@ import torch
 from monai.bundle import ConfigParser
 from monai.bundle.reference_resolver import ReferenceResolver
 from monai.data import DistributedSampler
+from monai.handlers import CheckpointLoader
 from torch.utils.data.distributed import DistributedSampler as TorchDistributedSampler
 
-from monai_unet2.distributed import backend_for, init_process_group, is_rank0, rank_zero_handlers
+from monai_unet2.distributed import (
+    BroadcastBuffers,
+    backend_for,
+    init_process_group,
+    is_rank0,
+    rank_zero_handlers,
+    runs_on_rank_zero_only,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 HIPPOCAMPUS = ROOT / "bundles" / "hippocampus_unet25d_segmentation"
@@ -45,16 +54,43 @@ def test_validation_sampler_keeps_every_volume_exactly_once():
                 )
                 for rank in range(world_size)
             ]
-            assert sorted(sum(shards, [])) == list(range(volumes)), (volumes, world_size, shards)
+            assert sorted(itertools.chain(*shards)) == list(range(volumes)), (volumes, world_size, shards)
     # what the default (torch) sampler does: pads by repeating a volume, which would count it twice in the Dice
     padded = [list(TorchDistributedSampler(range(3), num_replicas=2, rank=rank, shuffle=False)) for rank in (0, 1)]
-    assert sorted(sum(padded, [])) == [0, 0, 1, 2]
+    assert sorted(itertools.chain(*padded)) == [0, 0, 1, 2]
 
 
 def test_rank_zero_handlers_drops_disabled_items_when_not_distributed():
     keep = [object(), object()]
     assert rank_zero_handlers([keep[0], None, keep[1]]) == keep
     assert rank_zero_handlers(None) == []
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda path: path.name)
+def test_every_handler_of_the_training_declares_where_it_runs(bundle, tmp_path):
+    """Writers (logs, checkpoints, tracking) run on rank 0 only, what keeps the ranks in step runs on every rank.
+
+    The lists are train.json's; multi_gpu_train.json passes them through ``rank_zero_handlers``.
+    """
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "train.json"))
+    parser["bundle_root"] = str(bundle)
+    parser["output_dir"], parser["ckpt_dir"] = str(tmp_path / "eval"), str(tmp_path / "models")
+    parser["train_datalist"], parser["val_datalist"] = [], []  # nothing is read: only the handler lists matter
+    parser["train#dataloader#shuffle"] = False  # a random sampler refuses an empty dataset
+    handlers = [parser.get_parsed_content(f"{section}#{index}") for section in ("train#handlers", "validate#handlers")
+                for index in range(len(parser[section]))]  # fmt: skip
+    rank_zero = {type(handler).__name__ for handler in handlers if runs_on_rank_zero_only(handler)}
+    every_rank = {type(handler).__name__ for handler in handlers if not runs_on_rank_zero_only(handler)}
+    assert rank_zero == {
+        "AtomicCheckpointSaver", "EpochProgressBar", "PredictionPreview", "RegisterBestModel", "StatsHandler",
+        "TrackedMLFlowHandler", "TrainingStateSaver",
+    }  # fmt: skip
+    assert {"TrainingStateLoader", "ValidationHandler", "LrScheduleHandler"} <= every_rank
+    assert not runs_on_rank_zero_only(BroadcastBuffers(torch.nn.Linear(1, 1)))
+    assert not runs_on_rank_zero_only(
+        CheckpointLoader(load_path="model.pt", load_dict={"model": torch.nn.Linear(1, 1)})
+    )
 
 
 def test_outside_torchrun_the_error_names_the_launcher(monkeypatch):
@@ -91,12 +127,6 @@ def test_multi_gpu_config_merges_onto_the_bundles_train_config(bundle):
     assert not missing, f"{configs / 'multi_gpu_train.json'} refers to ids missing from train.json: {missing}"
     assert parser["train#dataloader#shuffle"] is False
     assert parser["validate#sampler#even_divisible"] is False
-    # MLflow handlers must not even be created on ranks > 0 (a second client would race rank 0 on the SQLite store)
-    tracking = parser.get("mlflow_handlers", {})
-    enabled = [name for name in tracking if parser.get(f"mlflow_handlers#{name}#_disabled_") != "@is_not_rank0"]
-    assert not enabled, (
-        f"add 'mlflow_handlers#<name>#_disabled_': '@is_not_rank0' to multi_gpu_train.json for {enabled}"
-    )
 
 
 def run_torchrun(arguments: list[str], cwd: Path, timeout: float) -> str:
@@ -123,9 +153,9 @@ def run_torchrun(arguments: list[str], cwd: Path, timeout: float) -> str:
 
 
 def evaluate_checkpoint(checkpoint: Path, output_dir: Path) -> tuple[dict, torch.Tensor]:
-    """Single-process evaluation with the bundle's own ``evaluate.json`` on the validation split."""
+    """Single-process evaluation with ``evaluate.json`` merged over ``train.json``, on the validation split."""
     parser = ConfigParser()
-    parser.read_config(str(HIPPOCAMPUS / "configs" / "evaluate.json"))
+    parser.read_config([str(HIPPOCAMPUS / "configs" / name) for name in ("train.json", "evaluate.json")])
     parser.update(
         {
             "bundle_root": str(HIPPOCAMPUS),
@@ -136,11 +166,14 @@ def evaluate_checkpoint(checkpoint: Path, output_dir: Path) -> tuple[dict, torch
     )
     parser.parse()
     parser.get_parsed_content("initialize")
-    evaluator = parser.get_parsed_content("evaluator")
+    evaluator = parser.get_parsed_content("validate#evaluator")
     evaluator.run()
-    return evaluator.state.metrics, evaluator.state.metric_details["dice"]
+    rows = parser.get_parsed_content("validate#report").rows
+    per_volume = torch.tensor([[row[name]["dice"] for name in ("anterior", "posterior")] for row in rows])
+    return {"dice": evaluator.state.metrics["mean_dice"]}, per_volume
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_two_gloo_ranks_train_one_epoch_with_one_run_one_checkpoint_and_the_checkpoints_dice(tmp_path):
     from mlflow import MlflowClient
@@ -179,6 +212,8 @@ def test_two_gloo_ranks_train_one_epoch_with_one_run_one_checkpoint_and_the_chec
             str(tmp_path / "eval"),
             "--max_epochs",
             "1",
+            "--epoch_length",
+            "2",
             "--slices_per_volume",
             "2",
         ],
@@ -187,8 +222,13 @@ def test_two_gloo_ranks_train_one_epoch_with_one_run_one_checkpoint_and_the_chec
     )
     assert output.count("Got new best metric of val_mean_dice") == 1  # rank 1 logs warnings and errors only
 
-    assert sorted(path.name for path in (tmp_path / "models").iterdir()) == ["model.pt", "training_state.pt"]
-    state = torch.load(tmp_path / "models" / "training_state.pt", weights_only=True)
+    assert sorted(path.name for path in (tmp_path / "models").iterdir()) == [
+        "fold_0",
+        "model.pt",
+        "model.pt.trained.json",  # WeightsGuard's record: these weights were written by a training
+    ]
+    assert sorted(path.name for path in (tmp_path / "models" / "fold_0").iterdir()) == ["model.pt", "training_state.pt"]
+    state = torch.load(tmp_path / "models" / "fold_0" / "training_state.pt", weights_only=True)
     assert state["trainer"]["iteration"] == state["trainer"]["epoch_length"]  # one epoch, written once by rank 0
     assert all(key.startswith("module.") for key in state["network"])  # the DDP network, resumable by this config
     assert bundle_eval_existed or not (HIPPOCAMPUS / "eval").exists()

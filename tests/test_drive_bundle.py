@@ -1,11 +1,14 @@
-"""The DRIVE vessel bundle, run the way users run it: ``python -m monai.bundle ...`` from outside the bundle.
+"""The DRIVE vessel bundle: the shape of its configs, and runs the way users run it, ``python -m monai.bundle ...``
+from outside the bundle (integration).
 
-DRIVE may not be redistributed, so every test here needs the copy at ``../shared/data/drive`` (relative to the
-repository root) and is skipped without it.
+DRIVE may not be redistributed, so every test that reads it needs a copy of its ``training/`` folder: at
+``../shared/data/drive/training`` (relative to the repository root) or where ``DRIVE_DIR`` points, and is skipped
+without it.
 """
 
 import csv
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -13,18 +16,19 @@ import numpy as np
 import pytest
 import torch
 from bundle_runner import run_bundle
+from monai.bundle import ConfigParser
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "drive_vessel_u2net_segmentation"
+CONFIGS = BUNDLE / "configs"
 SCHEMA = ROOT / "bundles" / "metadata_schema.json"
-DRIVE = ROOT.parent / "shared" / "data" / "drive" / "training"
+DRIVE = Path(os.environ.get("DRIVE_DIR", ROOT.parent / "shared" / "data" / "drive" / "training"))
 HELD_OUT = (21, 26, 31, 36)
+#: the dataset facts plans.json states and train.json / inference.json expose as ids of the same name
+FACTS = ("normalization", "roi_size", "threshold")
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not DRIVE.is_dir(), reason="DRIVE not present at ../shared/data/drive"),
-]
+needs_drive = pytest.mark.skipif(not DRIVE.is_dir(), reason=f"DRIVE not present at {DRIVE} (set DRIVE_DIR)")
 
 
 def bundle(command: str, cwd: Path, *args: str, config: str | None = None, timeout: int = 600) -> str:
@@ -40,6 +44,18 @@ def f1(prediction: np.ndarray, truth: np.ndarray, fov: np.ndarray) -> float:
     return 2.0 * np.logical_and(p, t).sum() / (p.sum() + t.sum())
 
 
+def read(name: str) -> dict:
+    return json.loads((CONFIGS / name).read_text())
+
+
+def parser(*names: str) -> ConfigParser:
+    """The bundle's configs merged in order, as ``monai.bundle run --bundle_root <bundle>`` reads them."""
+    config = ConfigParser()
+    config.read_config([str(CONFIGS / name) for name in names])
+    config["bundle_root"] = str(BUNDLE)
+    return config
+
+
 def normalised_image(case: int) -> torch.Tensor:
     """The RGB image as the bundle feeds it, (1, 3, H, W) z-scored per channel (rows = height)."""
     rgb = np.asarray(Image.open(DRIVE / "images" / f"{case}_training.tif"), dtype=np.float32)
@@ -47,6 +63,45 @@ def normalised_image(case: int) -> torch.Tensor:
     return torch.from_numpy(np.moveaxis(rgb, 2, 0)[None].copy())
 
 
+def test_each_fact_is_stated_once():
+    plans = read("plans.json")
+    for name in ("train.json", "inference.json"):
+        config = read(name)
+        for fact in FACTS:
+            assert config[fact] == f"$@plans['{fact}']", (name, fact)
+        assert config["in_channels"] == "$len(@input_channels)" and config["out_channels"] == "$@num_classes - 1"
+    assert read("train.json")["label_threshold"] == "$@plans['label_threshold']"
+    for name in ("train.json", "inference.json", "evaluate.json", "multi_gpu_train.json"):
+        text = (CONFIGS / name).read_text()
+        restated = [value for value in ('"vessel"', "networks.U2Net", '"small"') if value in text]
+        restated += [fact for fact in ("roi_size",) if json.dumps(plans[fact]) in text]
+        assert not restated, f"{name} restates {restated}: state it in plans.json or metadata.json only"
+        assert "/work/" not in text and "/home/" not in text, f"{name} holds an absolute path"
+
+
+def test_network_channels_follow_the_metadata():
+    metadata = read("metadata.json")["network_data_format"]
+    network = parser("inference.json").get_parsed_content("network_def").eval()
+    with torch.no_grad():
+        output = network(torch.zeros(1, metadata["inputs"]["image"]["num_channels"], 128, 128))
+    assert output.shape == (1, metadata["outputs"]["pred"]["num_channels"], 128, 128)
+    assert read("train.json")["validate"]["inferer"] == read("inference.json")["inferer"]
+
+
+@needs_drive
+def test_training_validation_and_inference_preprocess_an_image_alike():
+    case = {"image": DRIVE / "images" / "26_training.tif", "label": DRIVE / "1st_manual" / "26_manual1.gif"}
+    case = {key: str(path) for key, path in dict(case, mask=DRIVE / "mask" / "26_training_mask.gif").items()}
+    inferred = parser("inference.json").get_parsed_content("preprocessing")({"image": case["image"]})
+    validated = parser("train.json").get_parsed_content("validate#preprocessing")(case)
+    assert torch.equal(validated["image"], inferred["image"]) and inferred["image"].shape == (3, 565, 584)
+    torch.testing.assert_close(inferred["image"][None], normalised_image(26).transpose(2, 3), rtol=0, atol=5e-3)
+    assert set(torch.unique(validated["label"]).tolist()) == set(torch.unique(validated["mask"]).tolist()) == {0, 1}
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@needs_drive
 def test_metadata_verifies_and_names_the_vessel_label_for_monai_label(tmp_path):
     meta_file = BUNDLE / "configs" / "metadata.json"
     output = bundle("verify_metadata", tmp_path, "--meta_file", str(meta_file), "--filepath", str(SCHEMA))
@@ -57,6 +112,9 @@ def test_metadata_verifies_and_names_the_vessel_label_for_monai_label(tmp_path):
     assert meta["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "vessel"}
 
 
+@pytest.mark.integration
+@pytest.mark.slow
+@needs_drive
 def test_network_in_out_and_torchscript_export_match_the_eager_model(tmp_path):
     output = bundle("verify_net_in_out", tmp_path, "network_def", config="inference.json")
     assert "data shape of network is verified with no error" in output
@@ -89,6 +147,9 @@ def test_network_in_out_and_torchscript_export_match_the_eager_model(tmp_path):
     assert score > 0.65, f"the exported weights do not segment vessels: F1 {score:.3f} on a 128x128 patch"
 
 
+@pytest.mark.integration
+@pytest.mark.slow
+@needs_drive
 def test_inference_writes_binary_pngs_of_the_input_size(tmp_path):
     inputs = tmp_path / "inputs"
     inputs.mkdir()
@@ -109,6 +170,9 @@ def test_inference_writes_binary_pngs_of_the_input_size(tmp_path):
         assert f1(values > 0, truth, fov) > 0.75
 
 
+@pytest.mark.integration
+@pytest.mark.slow
+@needs_drive
 def test_pyfunc_model_answers_like_the_bundle_on_a_fundus_image(tmp_path):
     """The pyfunc form every registered version has (``mlflow models serve`` calls the same ``predict``)."""
     import mlflow
@@ -138,6 +202,9 @@ def test_pyfunc_model_answers_like_the_bundle_on_a_fundus_image(tmp_path):
         model.predict({"image": rgb[..., 0].tolist()})
 
 
+@pytest.mark.integration
+@pytest.mark.slow
+@needs_drive
 def test_evaluate_writes_per_image_f1_inside_the_fov(tmp_path):
     output = bundle(
         "run",
@@ -146,7 +213,7 @@ def test_evaluate_writes_per_image_f1_inside_the_fov(tmp_path):
         str(tmp_path / "evaluation"),
         "--dataset_dir",
         str(DRIVE),
-        config="evaluate.json",
+        config=["train.json", "evaluate.json"],
     )
     assert "f1_fov" in output and "hd95_px" in output
     with open(tmp_path / "evaluation" / "f1_fov_raw.csv") as handle:
@@ -159,6 +226,9 @@ def test_evaluate_writes_per_image_f1_inside_the_fov(tmp_path):
     assert len(hd95) == 4 and 0 < np.mean(hd95) < 30.0
 
 
+@pytest.mark.integration
+@pytest.mark.slow
+@needs_drive
 def test_short_training_run_from_another_directory(tmp_path):
     output = bundle(
         "run",

@@ -393,6 +393,7 @@ class _RegionOnly(DiceCELoss):
         return super().forward(input, target[:, :1])
 
 
+@pytest.mark.slow
 def test_training_with_supervised_trainer_is_no_worse_than_dice_ce(single_thread):
     epochs = 6
     loss = DiceCEBoundaryLoss(softmax=True, to_onehot_y=True)

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -24,7 +25,7 @@ import torch
 mlflow = pytest.importorskip("mlflow")
 nib = pytest.importorskip("nibabel")
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "hippocampus_unet25d_segmentation"
@@ -93,7 +94,7 @@ def _train(folder: Path, *args: str, uri: str | None, cwd: Path | None = None, w
     command = [
         sys.executable, "-m", "monai.bundle", "run",
         "--config_file", str(BUNDLE / "configs" / "train.json"), "--bundle_root", str(BUNDLE),
-        "--ckpt_dir", str(folder / "models"), "--output_dir", str(folder / "eval"), *args,
+        "--ckpt_dir", str(folder / "models"), "--output_dir", str(folder / "eval"), "--epoch_length", "3", *args,
     ]  # fmt: skip
     log = folder / "train.log"
     process = subprocess.Popen(
@@ -155,20 +156,18 @@ def test_run_logs_params_metrics_config_and_preview(trained, tmp_path):
     dice = run.data.metrics
     assert dice["val_mean_dice"] == pytest.approx((dice["val_dice_anterior"] + dice["val_dice_posterior"]) / 2)
 
+    assert f"--run_name {trained['names']['good']}" in tags["command_line"] and "--max_epochs 1" in tags["command_line"]
     config_file = mlflow.artifacts.download_artifacts(
-        run_id=run_id, artifact_path="config/resolved_config.json", dst_path=str(tmp_path), tracking_uri=trained["uri"]
+        run_id=run_id, artifact_path="config/train.json", dst_path=str(tmp_path), tracking_uri=trained["uri"]
     )
-    snapshot = json.loads(Path(config_file).read_text())
-    assert snapshot["config"]["max_epochs"] == 1  # the command-line override, not the file's 40
-    assert snapshot["resolved"]["ckpt_dir"] == str(trained["folder"] / "good" / "models")
-    assert snapshot["resolved"]["run_name"] == trained["names"]["good"]
+    assert Path(config_file).read_bytes() == (BUNDLE / "configs" / "train.json").read_bytes()
     preview = mlflow.artifacts.download_artifacts(
         run_id=run_id, artifact_path="previews/epoch_0001.png", dst_path=str(tmp_path), tracking_uri=trained["uri"]
     )
     assert Path(preview).read_bytes()[:4] == b"\x89PNG" and Path(preview).stat().st_size > 5000
 
 
-def test_registry_champion_and_worse_challenger(trained):
+def test_registry_champion_and_worse_challenger(trained, tmp_path):
     client = trained["client"]
     good, worse = (_run(client, trained["names"][k]) for k in ("good", "worse"))
     good_dice, worse_dice = good.data.metrics["val_mean_dice"], worse.data.metrics["val_mean_dice"]
@@ -181,6 +180,17 @@ def test_registry_champion_and_worse_challenger(trained):
     assert champion.tags["key_metric"] == "val_mean_dice" and champion.tags["epoch"] == "1"
     assert champion.tags["bundle_version"] and "val_dice_posterior" in champion.tags
     assert good.data.tags["registered_model_version"] == f"{NAME}/{champion.version}"
+    for key in ("git_commit", "git_dirty"):  # one truth: the version carries its run's
+        assert champion.tags.get(key) == good.data.tags.get(key), key
+    logged = client.search_logged_models(experiment_ids=[good.info.experiment_id])
+    assert {m.model_id for m in logged} >= {champion.source.removeprefix("models:/")}
+    model_folder = mlflow.artifacts.download_artifacts(
+        client.get_model_version_download_uri(NAME, champion.version),
+        dst_path=str(tmp_path),
+        tracking_uri=trained["uri"],
+    )
+    signature = mlflow.models.Model.load(str(Path(model_folder) / "MLmodel")).signature
+    assert [spec.shape for spec in signature.inputs.inputs] == [(-1, -1, -1), (4, 4)]
 
 
 def test_load_model_in_fresh_process_matches_checkpoint(trained, tmp_path):
@@ -205,6 +215,7 @@ def test_load_model_in_fresh_process_matches_checkpoint(trained, tmp_path):
 
     parser = ConfigParser()
     parser.read_config(str(BUNDLE / "configs" / "inference.json"))
+    parser["bundle_root"] = str(BUNDLE)
     network = parser.get_parsed_content("network_def")
     checkpoint = trained["folder"] / "good" / "models" / "model.pt"
     network.load_state_dict(torch.load(checkpoint, weights_only=True))
@@ -259,12 +270,36 @@ def test_served_model_answers_like_bundle_inference(trained, tmp_path):
         )  # fmt: skip
         with urllib.request.urlopen(request, timeout=120) as response:
             served = np.asarray(json.loads(response.read())["predictions"])
+        bad_requests = {
+            "a 2D image": {"inputs": {"image": [[1.0, 2.0], [3.0, 4.0]], "affine": np.eye(4).tolist()}},
+            "no affine": {"inputs": {"image": np.zeros((4, 4, 4)).tolist()}},
+            "text": {"inputs": {"image": "not a volume", "affine": np.eye(4).tolist()}},
+        }
+        answers = {what: _post(port, body) for what, body in bad_requests.items()}
     finally:
         _stop(serve)
+    for what, (status, answer) in answers.items():
+        assert 400 <= status < 500, (what, status, answer)
+        assert "stack_trace" not in answer and str(REPO) not in answer and "site-packages" not in answer, answer
+        assert json.loads(answer)["error_code"] in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST"), answer
+    assert "(-1, -1, -1)" in answers["a 2D image"][1] and "affine" in answers["no affine"][1]
     assert served.shape == expected.shape == image.shape
     assert set(np.unique(served)) <= {0, 1, 2} and (served > 0).any()
     assert [_dice(served, expected, label) for label in (1, 2)] == [1.0, 1.0]
     assert np.array_equal(served, expected)
+
+
+def _post(port: int, body: dict) -> tuple[int, str]:
+    """POST ``body`` to the served model; the status and the answer, also for 4xx / 5xx."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
 
 
 def test_server_killed_mid_run_training_finishes(tmp_path):
@@ -301,7 +336,7 @@ def test_embedded_default_from_another_directory_with_monai_tracking_flag(tmp_pa
     _train(tmp_path / "run", "--max_epochs", "1", "--tracking", "mlflow", uri=None, cwd=elsewhere)
     assert list(elsewhere.iterdir()) == []
     database = tmp_path / "run" / "eval" / "mlflow.db"
-    assert database.is_file() and (tmp_path / "run" / "eval" / "mlartifacts").is_dir()
+    assert database.is_file() and (tmp_path / "run" / "eval" / "mlruns").is_dir()
     client = mlflow.MlflowClient(f"sqlite:///{database}")
     runs = client.search_runs([client.get_experiment_by_name(NAME).experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"

@@ -1,7 +1,8 @@
-"""Checks of the separate MONAI Label environment ``.venv-monailabel`` made by ``scripts/setup_monailabel.sh``.
+"""The plugin in the separate MONAI Label environment ``.venv-monailabel`` made by ``scripts/setup_monailabel.sh``.
 
 monailabel 0.8.5 needs pydicom 2.4 and, left to pip, would replace the CPU torch with a CUDA build, so it lives in
-its own venv; these tests drive that venv's interpreter in subprocesses. The module is marked ``monailabel``: it
+its own venv; these tests drive that venv's interpreter in subprocesses: the plugin imports there, and a bundle is
+served by a real ``monaibundle`` server. The module is marked ``monailabel``: it
 fails (on purpose) when the venv has not been created, so the test command decides whether to create it or to
 deselect these tests with ``-m "not monailabel"``.
 """
@@ -21,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-pytestmark = pytest.mark.monailabel
+pytestmark = [pytest.mark.monailabel, pytest.mark.integration]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV = REPO_ROOT / ".venv-monailabel"
@@ -58,21 +59,14 @@ def _run_in_venv(venv_python: Path, code: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_venv_pins_cpu_torch_pydicom_2_and_imports_monailabel_and_plugin():
+def test_venv_imports_monailabel_with_this_checkouts_plugin():
     venv_python = _venv_python()
     found = _run_in_venv(
         venv_python,
-        "import json, pathlib, torch, pydicom, monai, monailabel, monai_unet2\n"
+        "import json, pathlib, monai_unet2, monai_unet2.transforms, monai_unet2.inferers\n"
         "import monailabel.app, monailabel.tasks.infer.bundle, monailabel.tasks.train.bundle\n"
-        "print(json.dumps({'torch': torch.__version__, 'cuda': torch.version.cuda, 'pydicom': pydicom.__version__,"
-        " 'monai': monai.__version__, 'monailabel': monailabel.__version__,"
-        " 'monai_unet2': str(pathlib.Path(monai_unet2.__file__).resolve())}))",
+        "print(json.dumps({'monai_unet2': str(pathlib.Path(monai_unet2.__file__).resolve())}))",
     )
-    assert found["torch"] == "2.13.0+cpu"
-    assert found["cuda"] is None
-    assert found["pydicom"].startswith("2.4.")
-    assert found["monailabel"] == "0.8.5"
-    assert tuple(int(part) for part in found["monai"].split(".")[:2]) >= (1, 5)
     assert Path(found["monai_unet2"]) == REPO_ROOT / "monai_unet2" / "__init__.py", "monai_unet2 must be editable"
     assert (VENV / "monailabel" / "sample-apps" / "monaibundle" / "main.py").is_file()
 

@@ -245,6 +245,7 @@ def test_checkpointing_same_gradients_and_statistics_less_memory(bilinear, depth
     ],
     ids=["unet", "unet_bilinear", "u2net_small"],
 )
+@pytest.mark.slow
 def test_torch_export_dynamic_spatial_size(make_net, example_size, min_size, test_size):
     torch.manual_seed(0)
     net = make_net().eval()
@@ -294,6 +295,7 @@ def foreground_dice(logits: torch.Tensor, label: torch.Tensor) -> list[float]:
     ],
     ids=["unet", "u2net_small"],
 )
+@pytest.mark.slow
 def test_overfit_one_hippocampus_slice(make_net, lr, max_steps):
     torch.manual_seed(0)
     image, label = hippocampus_slice()

@@ -37,6 +37,8 @@ def train_command(folder: Path, *extra: str) -> list[str]:
         str(folder / "eval"),
         "--max_epochs",
         str(MAX_EPOCHS),
+        "--epoch_length",
+        "3",
         "--slices_per_volume",
         "2",
         *extra,
@@ -77,7 +79,7 @@ def kill_when(folder: Path, marker: str) -> str:
 
 
 def training_state(folder: Path) -> dict:
-    return torch.load(folder / "models" / "training_state.pt", weights_only=True)
+    return torch.load(folder / "models" / "fold_0" / "training_state.pt", weights_only=True)
 
 
 def only_run(folder: Path):
@@ -88,6 +90,7 @@ def only_run(folder: Path):
     return client, runs[0]
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_continues_the_same_run(tmp_path):
     reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
@@ -156,6 +159,7 @@ while True:
 """
 
 
+@pytest.mark.integration
 def test_a_kill_during_a_save_never_leaves_a_corrupt_checkpoint(tmp_path):
     """SIGKILL a process that rewrites a 16 MB checkpoint in a loop, at 5 different moments."""
     path = tmp_path / "model.pt"
@@ -240,3 +244,18 @@ def test_resume_switch_without_state_starts_fresh_and_a_bad_state_is_named(tmp_p
         TrainingStateError, match="not a training state of this configuration: missing optimizer, trainer"
     ):
         engine.run([0], max_epochs=1)
+
+
+def test_best_model_saver_without_a_fixed_name_keeps_the_n_best_files(tmp_path):
+    network = torch.nn.Linear(2, 1)
+    saver = AtomicCheckpointSaver(str(tmp_path), {"model": network}, key_metric_n_saved=2, file_prefix="net")
+    engine = engine_with_metric([0.5, 0.9, 0.7, 0.6])
+    saver.attach(engine)
+    engine.run([0], max_epochs=4)
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "net_model_key_metric=0.7000.pt",
+        "net_model_key_metric=0.9000.pt",
+    ]
+    assert [priority for priority, _ in saver.state_dict()["_saved"]] == [0.7, 0.9]
+    with pytest.raises(ValueError, match="best key-metric checkpoint only"):
+        AtomicCheckpointSaver(str(tmp_path), {"model": network}, save_key_metric=False)

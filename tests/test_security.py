@@ -1,6 +1,6 @@
 """Untrusted checkpoints: every load in the repo uses ``torch.load(..., weights_only=True)``, and a crafted pickle
-checkpoint is refused by the bundle, by MONAI's ``CheckpointLoader`` and by ``monai_unet2.tracking.load_model``
-before its payload runs."""
+checkpoint is refused by the bundle's inference, by the resume switch (``TrainingStateLoader``) and by
+``monai_unet2.tracking.load_model`` before its payload runs."""
 
 import os
 import re
@@ -9,12 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import monai
 import pytest
 import torch
 from ignite.engine import Engine
-from monai.handlers import CheckpointLoader
 
+from monai_unet2.handlers import TrainingStateError, TrainingStateLoader
 from monai_unet2.networks import UNet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,28 +88,16 @@ def test_scanner_finds_an_unsafe_load(tmp_path):
     assert len(found) == 3 and any("bad.py: torch.load(path)" in f for f in found)
 
 
-def test_monai_checkpoint_loader_uses_weights_only():
-    source = Path(monai.__file__).parent / "handlers" / "checkpoint_loader.py"
-    calls = torch_load_calls(source.read_text())
-    assert calls and all(re.search(r"weights_only\s*=\s*True", call) for call in calls)
-
-
-def test_crafted_payload_is_live_without_weights_only(tmp_path):
-    """Proves the crafted file is a real attack: an unrestricted torch.load runs it."""
-    marker = tmp_path / "marker_unsafe"
-    checkpoint = crafted_checkpoint(tmp_path / "crafted.pt", marker)
-    torch.load(checkpoint, weights_only=False)  # noqa: the point of this test
-    assert marker.read_text().strip() == "pwned"
-
-
-def test_checkpoint_loader_refuses_crafted_pickle(tmp_path):
+def test_resume_refuses_a_crafted_training_state(tmp_path):
     marker = tmp_path / "marker"
-    checkpoint = crafted_checkpoint(tmp_path / "crafted.pt", marker)
+    checkpoint = crafted_checkpoint(tmp_path / "training_state.pt", marker)
     network = UNet(spatial_dims=2, in_channels=5, out_channels=3, features=32)
     before = {name: value.clone() for name, value in network.state_dict().items()}
-    loader = CheckpointLoader(load_path=str(checkpoint), load_dict={"model": network}, map_location="cpu")
-    with pytest.raises(Exception, match="Weights only load failed") as caught:
-        loader(Engine(lambda engine, batch: None))
+    engine = Engine(lambda engine, batch: None)
+    TrainingStateLoader(checkpoint, {"network": network}, resume=True).attach(engine)
+    with pytest.raises(TrainingStateError, match=f"{checkpoint}: cannot resume") as caught:
+        engine.run([0], max_epochs=1)
+    assert "Weights only load failed" in str(caught.value)
     assert "posix.system" in str(caught.value) or "os.system" in str(caught.value)
     assert not marker.exists()
     assert all(torch.equal(before[name], value) for name, value in network.state_dict().items())
@@ -129,6 +116,7 @@ def test_tracking_load_model_refuses_crafted_pickle(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_bundle_inference_refuses_crafted_checkpoint(tmp_path):
     inputs, outputs, marker = tmp_path / "inputs", tmp_path / "outputs", tmp_path / "marker"
@@ -157,4 +145,4 @@ def test_bundle_inference_refuses_crafted_checkpoint(tmp_path):
     assert result.returncode != 0, output[-3000:]
     assert "Weights only load failed" in output
     assert not marker.exists()
-    assert not outputs.exists() or not any(path.is_file() for path in outputs.rglob("*"))
+    assert not outputs.exists() or not any(p.is_file() and "logs" not in p.parts for p in outputs.rglob("*"))

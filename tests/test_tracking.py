@@ -2,37 +2,43 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine, Events
-from monai.bundle import ConfigParser
 
 pytest.importorskip("mlflow")
 import mlflow
 
+from monai_unet2.distributed import runs_on_rank_zero_only
 from monai_unet2.networks import UNet
 from monai_unet2.tracking import (
+    MLflowRun,
+    PredictionPreview,
+    RegisterBestModel,
     TrackedMLFlowHandler,
+    WeightsGuard,
+    WeightsOverwriteError,
     assign_alias,
-    config_snapshot,
     dataset_digest,
     default_tracking_uri,
     export_bundle,
     load_model,
+    register_bundle_version,
     render_preview,
+    seg_description,
     unique_run_name,
 )
 from monai_unet2.tracking.bundle_model import stage_bundle
-from monai_unet2.tracking.handlers import HOST_TAG, PID_TAG
+from monai_unet2.tracking.run import HOST_TAG, PID_TAG, _process_alive
 from monai_unet2.tracking.settings import host_name
+from monai_unet2.tracking.weights import MARKER_SUFFIX, file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "hippocampus_unet25d_segmentation"
@@ -85,43 +91,42 @@ def test_dataset_digest_tracks_names_and_sizes_not_order(tmp_path):
     assert dataset_digest({"train": files[:1], "val": files})["dataset_digest"] != first["dataset_digest"]
 
 
-def test_config_snapshot_finds_the_parser_and_resolved_values():
-    parser = ConfigParser(
-        {
-            "epochs": 3,
-            "doubled": "$@epochs * 2",
-            "out": "$'/abs/' + str(@doubled)",
-            "parser": "$monai_unet2.tracking.active_config_parser()",
-            "net": {"_target_": "torch.nn.Identity"},
-        },
-        globals={"monai_unet2": "monai_unet2"},
-    )
-    parser["epochs"] = 4  # an override, as `--epochs 4` does
-    assert parser.get_parsed_content("parser") is parser
-    parser.get_parsed_content("out")
-    parser.get_parsed_content("net")
-    snapshot = config_snapshot(parser)
-    assert snapshot["config"]["epochs"] == 4 and snapshot["config"]["doubled"] == "$@epochs * 2"
-    assert snapshot["resolved"]["doubled"] == 8 and snapshot["resolved"]["out"] == "/abs/8"
-    assert "net" not in snapshot["resolved"] and "parser" not in snapshot["resolved"]
+def test_tracking_objects_touch_no_store_until_attached(tmp_path, no_env_uri):
+    """What lets every DDP rank build them while only rank 0 attaches: no database until an engine starts."""
+    database = tmp_path / "mlflow.db"
+    run = MLflowRun(tracking_uri=f"sqlite:///{database}", experiment_name="exp")
+    handlers = [
+        TrackedMLFlowHandler(run, iteration_log=False),
+        PredictionPreview(run),
+        RegisterBestModel(run, validator=_engine(), bundle_root=BUNDLE, registered_model_name="m"),
+    ]
+    assert not database.exists() and run.client is None and run.run_id is None
+    assert all(runs_on_rank_zero_only(handler) for handler in handlers)
+    handlers[0].attach(_engine())
+    assert database.is_file()
 
 
-def test_handler_logs_into_one_run_and_marks_dead_runs(tmp_path, no_env_uri):
+def _dead_pid() -> int:
+    return next(pid for pid in range(4_000_000, 3_000_000, -1) if not _process_alive(pid))
+
+
+def test_handler_logs_into_one_run_and_marks_dead_runs(tmp_path, no_env_uri, monkeypatch):
     uri = default_tracking_uri(tmp_path)
     client = mlflow.MlflowClient(uri)
     experiment = client.create_experiment("exp", artifact_location=(tmp_path / "art").as_uri())
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = client.create_run(
-        experiment, run_name="crashed", tags={HOST_TAG: host_name(), PID_TAG: dead.stdout.strip()}
-    )
+    stale = client.create_run(experiment, run_name="crashed", tags={HOST_TAG: host_name(), PID_TAG: str(_dead_pid())})
     alive = client.create_run(experiment, run_name="other", tags={HOST_TAG: host_name(), PID_TAG: str(os.getpid())})
+    monkeypatch.setattr("sys.orig_argv", ["python", "-m", "monai.bundle", "run", "--max_epochs", "2"])
 
-    handler = TrackedMLFlowHandler(
+    run = MLflowRun(
         tracking_uri=uri,
         experiment_name="exp",
-        experiment_param={"learning_rate": 0.1},
         datalists={"train": [str(SAMPLE_IMAGES / "hippocampus_004.nii.gz")]},
         bundle_root=BUNDLE,
+    )
+    handler = TrackedMLFlowHandler(
+        run,
+        experiment_param={"learning_rate": 0.1},
         output_transform=lambda output: output[0]["loss"],
         close_on_complete=True,
     )
@@ -131,46 +136,44 @@ def test_handler_logs_into_one_run_and_marks_dead_runs(tmp_path, no_env_uri):
 
     assert client.get_run(stale.info.run_id).info.status == "KILLED"
     assert client.get_run(alive.info.run_id).info.status == "RUNNING"
-    run = client.get_run(handler.run_id)
-    assert run.info.status == "FINISHED" and run.info.run_name == handler.run_name != "crashed"
-    assert [m.value for m in client.get_metric_history(run.info.run_id, "Loss")] == [0.0, 1.0, 2.0] * 2
-    assert [m.value for m in client.get_metric_history(run.info.run_id, "boundary_weight")] == [0.01, 0.02]
-    assert run.data.params["learning_rate"] == "0.1" and len(run.data.params["dataset_digest"]) == 64
-    assert run.data.tags["version_monai"] and run.data.tags[PID_TAG] == str(os.getpid())
-    assert "git_commit" in run.data.tags or not (REPO / ".git").exists()
+    logged = client.get_run(run.run_id)
+    assert logged.info.status == "FINISHED" and logged.info.run_name == run.run_name != "crashed"
+    assert [m.value for m in client.get_metric_history(run.run_id, "Loss")] == [0.0, 1.0, 2.0] * 2
+    assert [m.value for m in client.get_metric_history(run.run_id, "boundary_weight")] == [0.01, 0.02]
+    assert logged.data.params["learning_rate"] == "0.1" and len(logged.data.params["dataset_digest"]) == 64
+    assert logged.data.params["dataset_train_files"] == "1"
+    assert logged.data.tags["version_monai"] and logged.data.tags[PID_TAG] == str(os.getpid())
+    assert logged.data.tags["command_line"] == "python -m monai.bundle run --max_epochs 2"
+    assert "git_commit" in logged.data.tags or not (REPO / ".git").exists()
+    configs = {Path(item.path).name for item in client.list_artifacts(run.run_id, "config")}
+    assert configs == {path.name for path in (BUNDLE / "configs").iterdir()} and "train.json" in configs
+    local = client.download_artifacts(run.run_id, "config/train.json", str(tmp_path / "download"))
+    assert Path(local).read_bytes() == (BUNDLE / "configs" / "train.json").read_bytes()
 
 
-def test_restored_handler_reopens_its_killed_run_and_the_evaluators_handler_joins_it(tmp_path, no_env_uri):
+def test_restored_run_is_reopened_and_the_evaluators_handler_joins_it(tmp_path, no_env_uri):
     uri = default_tracking_uri(tmp_path)
-    first = TrackedMLFlowHandler(tracking_uri=uri, experiment_name="exp", output_transform=lambda o: o[0]["loss"])
+    first = MLflowRun(tracking_uri=uri, experiment_name="exp")
     engine = _engine()
-    first.attach(engine)
+    TrackedMLFlowHandler(first, output_transform=lambda o: o[0]["loss"]).attach(engine)
     engine.run(engine.state_data, max_epochs=1)
     saved = first.state_dict()
+    assert saved == {"run_id": first.run_id, "run_name": first.run_name}
     client = mlflow.MlflowClient(uri)
     client.set_tag(saved["run_id"], "monai_unet2.end_reason", "process 1 on host died")
     client.set_terminated(saved["run_id"], "KILLED")  # what the next run does to a SIGKILLed one
 
-    run_name = unique_run_name()  # the new process draws a new name; the restored state overrides it
-    trainer_handler = TrackedMLFlowHandler(
-        tracking_uri=uri,
-        experiment_name="exp",
-        run_name=run_name,
-        output_transform=lambda o: o[0]["loss"],
-        close_on_complete=True,
-    )
-    evaluator_handler = TrackedMLFlowHandler(
-        tracking_uri=uri, experiment_name="exp", run_name=run_name, iteration_log=False
-    )
-    trainer_handler.load_state_dict(saved)
+    resumed = MLflowRun(tracking_uri=uri, experiment_name="exp")  # the new process draws a new name
+    assert resumed.run_name != saved["run_name"]
+    resumed.load_state_dict(saved)
     trainer, evaluator = _engine(), _engine(iterations=1)
     trainer.state_data = [5, 6, 7]
-    trainer_handler.attach(trainer)
-    evaluator_handler.attach(evaluator)
+    TrackedMLFlowHandler(resumed, output_transform=lambda o: o[0]["loss"], close_on_complete=True).attach(trainer)
+    TrackedMLFlowHandler(resumed, iteration_log=False).attach(evaluator)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: evaluator.run(evaluator.state_data, max_epochs=1))
     trainer.run(trainer.state_data, max_epochs=1)
 
-    assert trainer_handler.run_id == evaluator_handler.run_id == saved["run_id"]
+    assert resumed.run_id == saved["run_id"] and resumed.run_name == saved["run_name"]
     assert [run.info.run_id for run in client.search_runs([client.get_experiment_by_name("exp").experiment_id])] == [
         saved["run_id"]
     ]
@@ -178,6 +181,7 @@ def test_restored_handler_reopens_its_killed_run_and_the_evaluators_handler_join
     assert run.info.status == "FINISHED" and run.info.run_name == saved["run_name"]
     assert "monai_unet2.end_reason" not in run.data.tags and run.data.tags["monai_unet2.resumed_after_epoch"] == "0"
     assert [m.value for m in client.get_metric_history(run.info.run_id, "Loss")] == [0.0, 1.0, 2.0, 5.0, 6.0, 7.0]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "boundary_weight")] == [1, 1, 1]
 
 
 def test_dead_server_switches_tracking_off_with_one_error(monkeypatch, caplog):
@@ -186,18 +190,18 @@ def test_dead_server_switches_tracking_off_with_one_error(monkeypatch, caplog):
         port = probe.getsockname()[1]
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    handler = TrackedMLFlowHandler(
-        tracking_uri=f"http://127.0.0.1:{port}", experiment_name="exp", output_transform=lambda o: o[0]["loss"]
-    )
-    engine = _engine()
-    handler.attach(engine)
-    with caplog.at_level(logging.ERROR, logger="monai_unet2.tracking.handlers"):
-        state = engine.run(engine.state_data, max_epochs=2)
+    run = MLflowRun(tracking_uri=f"http://127.0.0.1:{port}", experiment_name="exp")
+    trainer, evaluator = _engine(), _engine(iterations=1)
+    TrackedMLFlowHandler(run, output_transform=lambda o: o[0]["loss"]).attach(trainer)
+    TrackedMLFlowHandler(run, iteration_log=False).attach(evaluator)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: evaluator.run(evaluator.state_data, max_epochs=1))
+    with caplog.at_level(logging.ERROR, logger="monai_unet2.tracking.run"):
+        state = trainer.run(trainer.state_data, max_epochs=2)
     assert state.epoch == 2 and state.iteration == 6
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1, errors
     assert f"http://127.0.0.1:{port}" in errors[0] and "starting the run" in errors[0] and "switched off" in errors[0]
-    assert handler.disabled and handler.run_id is None
+    assert run.disabled and run.run_id is None and run.state_dict() == {"run_id": "", "run_name": ""}
 
 
 def test_champion_moves_only_to_a_better_version(tmp_path, no_env_uri):
@@ -260,3 +264,100 @@ def test_render_preview_writes_a_png(tmp_path):
     assert (
         render_preview([(image[..., 7], label[..., 7], label[..., 7])], str(flat)) == 1 and flat.stat().st_size > 2000
     )
+
+
+def _guarded_run(tmp_path, network: torch.nn.Module, overwrite: bool = False, epochs: int = 2) -> Engine:
+    """A training that saves ``network`` as ``model.pt`` after every epoch, guarded like the bundles' train.json."""
+    path = tmp_path / "model.pt"
+    engine = _engine()
+    WeightsGuard(path, network, overwrite=overwrite).attach(engine)
+
+    @engine.on(Events.EPOCH_COMPLETED)
+    def save(_):  # the bundles' AtomicCheckpointSaver, registered before the guard's record
+        with torch.no_grad():
+            network.weight.add_(1.0)
+        torch.save(network.state_dict(), path)
+
+    engine.run(engine.state_data, max_epochs=epochs)
+    return engine
+
+
+def test_training_never_silently_replaces_weights_it_did_not_write(tmp_path, caplog):
+    shipped = torch.nn.Linear(3, 2)
+    torch.save(shipped.state_dict(), tmp_path / "model.pt")
+    shipped_bytes = (tmp_path / "model.pt").read_bytes()
+
+    with pytest.raises(
+        WeightsOverwriteError,
+        match=r"model\.pt holds weights that no training .* --ckpt_dir .* --overwrite_weights True",
+    ):
+        _guarded_run(tmp_path, torch.nn.Linear(3, 2))  # from scratch over the shipped weights
+    assert (tmp_path / "model.pt").read_bytes() == shipped_bytes
+    assert not (tmp_path / f"model.pt{MARKER_SUFFIX}").exists()
+
+    fine_tuned = torch.nn.Linear(3, 2)
+    fine_tuned.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))  # MONAI Label's pretrained
+    _guarded_run(tmp_path, fine_tuned)
+    record = json.loads((tmp_path / f"model.pt{MARKER_SUFFIX}").read_text())
+    assert record == {"sha256": file_sha256(tmp_path / "model.pt"), "epoch": 2}
+    assert (tmp_path / "model.pt").read_bytes() != shipped_bytes
+
+    _guarded_run(tmp_path, torch.nn.Linear(3, 2))  # a rerun from scratch replaces what a training wrote here
+    (tmp_path / "model.pt").write_bytes(shipped_bytes)  # someone copies other weights in
+    with pytest.raises(WeightsOverwriteError):
+        _guarded_run(tmp_path, torch.nn.Linear(3, 2))
+    with caplog.at_level(logging.WARNING):
+        _guarded_run(tmp_path, torch.nn.Linear(3, 2), overwrite=True)
+    assert any("overwrite_weights is on" in r.getMessage() for r in caplog.records)
+
+
+def test_registered_version_is_a_logged_model_with_a_signature(tmp_path, no_env_uri, monkeypatch):
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")  # nothing may land in the working directory
+    uri = default_tracking_uri(tmp_path / "eval")
+    client = mlflow.MlflowClient(uri)
+    experiment = client.create_experiment("hippo", artifact_location=(tmp_path / "eval" / "mlruns").as_uri())
+    run_id = client.create_run(experiment).info.run_id
+    weights = torch.load(BUNDLE / "models" / "model.pt", weights_only=True)
+    version = register_bundle_version(client, run_id, "hippo", BUNDLE, weights, {"epoch": "3"}, "epoch_0003", step=3)
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # the process-wide URI it needed is unset again
+
+    (logged,) = client.search_logged_models(experiment_ids=[experiment])
+    assert (logged.name, logged.status.value, logged.source_run_id) == ("epoch_0003", "READY", run_id)
+    assert version.source == f"models:/{logged.model_id}"
+    assert [(o.model_id, o.step) for o in client.get_run(run_id).outputs.model_outputs] == [(logged.model_id, 3)]
+    folder = Path(mlflow.artifacts.download_artifacts(client.get_model_version_download_uri("hippo", version.version)))
+    signature = mlflow.models.Model.load(str(folder / "MLmodel")).signature
+    inputs = {spec.name: (str(spec.type), spec.shape) for spec in signature.inputs.inputs}
+    assert inputs == {"image": ("float32", (-1, -1, -1)), "affine": ("float64", (4, 4))}
+    assert signature.outputs.inputs[0].shape == (-1, -1, -1)
+    assert json.loads((folder / "serving_input_example.json").read_text())["inputs"]["affine"] == np.eye(4).tolist()
+    requirements = (folder / "requirements.txt").read_text().split()
+    assert requirements[0] == "monai-unet2==0.1.0" and any(r.startswith("torch>=") for r in requirements)
+    assert not any(r.startswith("numpy==") for r in requirements)  # loads under numpy 1.26 (MONAI Label) and 2.x
+
+    client.set_registered_model_alias("hippo", "champion", version.version)
+    described = seg_description(BUNDLE, "models:/hippo@champion", uri)
+    assert described.algorithm_version == f"0.1.0 (registered v{version.version})"
+    assert described.algorithm_source == f"models:/hippo/{version.version}"
+    assert list((tmp_path / "cwd").iterdir()) == []
+
+
+def test_committed_weights_are_not_fine_tuned_in_place(tmp_path):
+    """MONAI Label serving the repository's bundle through a symlink fine-tunes from its committed model.pt."""
+    import subprocess
+
+    shipped = torch.nn.Linear(3, 2)
+    torch.save(shipped.state_dict(), tmp_path / "model.pt")
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    for args in (["init", "-q"], ["add", "model.pt"], ["commit", "-q", "-m", "shipped weights"]):
+        subprocess.run([*git, *args], check=True, capture_output=True)
+    committed = (tmp_path / "model.pt").read_bytes()
+    fine_tuned = torch.nn.Linear(3, 2)
+    fine_tuned.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
+    with pytest.raises(WeightsOverwriteError, match=r"committed file of the git checkout .* link a copy"):
+        _guarded_run(tmp_path, fine_tuned)
+    assert (tmp_path / "model.pt").read_bytes() == committed
+    _guarded_run(tmp_path, fine_tuned, overwrite=True)
+    assert (tmp_path / "model.pt").read_bytes() != committed
+    _guarded_run(tmp_path, torch.nn.Linear(3, 2))  # modified since the commit, written by the training: its own now

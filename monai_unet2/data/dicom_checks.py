@@ -1,9 +1,10 @@
 """Header-level checks that turn the files of a DICOM folder into one validated, sorted image series.
 
 :class:`~monai_unet2.data.dicom_series.DicomSeriesReader` reads the headers of every file, then calls the
-functions here to sort out objects that are not image slices, pick a series, sort its slices along the slice
-normal and refuse (with a message naming the folder, series and files) any series that would otherwise become a
-silently distorted volume: gaps, duplicated positions, irregular spacing, changing raster or orientation.
+functions here (after :mod:`~monai_unet2.data.dicom_headers` has turned each file into its frames) to read identical
+copies once, pick a series, sort its slices along the slice normal and refuse (with a message naming the folder,
+series and files) any series that would otherwise become a silently distorted volume: gaps, duplicated positions,
+irregular spacing, changing raster or orientation, rescale tags present in some slices and missing in others.
 
 Nothing in pydicom, SimpleITK/GDCM or MONAI reports these problems: GDCM's sorter and MONAI's ``PydicomReader``
 sort and stack whatever they are given and average the spacing, which is exactly the silent distortion this
@@ -13,29 +14,24 @@ module exists to prevent.
 from __future__ import annotations
 
 import logging
-import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pydicom
-from pydicom.uid import UID
 
-__all__ = ["DicomSeriesError", "SliceHeader", "read_slice_header", "series_label", "validate_series"]
+__all__ = [
+    "DicomSeriesError",
+    "SliceHeader",
+    "drop_identical_copies",
+    "pick_series",
+    "plain",
+    "series_label",
+    "validate_series",
+]
 
 logger = logging.getLogger(__name__)
-
-NON_IMAGE_MODALITIES = {"SEG", "SR", "RTSTRUCT", "RTPLAN", "RTRECORD", "KO", "PR", "REG", "DOC", "FID", "PLAN"}
-NON_IMAGE_SOP_CLASS_PREFIXES = (
-    "1.2.840.10008.5.1.4.1.1.66",  # raw data, spatial registration, segmentation, surface segmentation
-    "1.2.840.10008.5.1.4.1.1.88",  # structured reports, key object selection
-    "1.2.840.10008.5.1.4.1.1.11",  # presentation states
-    "1.2.840.10008.5.1.4.1.1.481",  # RT objects (structure sets, plans, dose)
-    "1.2.840.10008.5.1.4.1.1.104",  # encapsulated documents
-    "1.2.840.10008.1.3.10",  # media storage directory (DICOMDIR)
-)
 
 
 class DicomSeriesError(ValueError):
@@ -44,11 +40,13 @@ class DicomSeriesError(ValueError):
 
 @dataclass
 class SliceHeader:
-    """Geometry and identity of one single-frame image slice, read from its header (pixel data not decoded).
+    """Geometry, identity and rescale of one image frame, read from its header (pixel data not decoded).
 
-    ``pixel_spacing`` is DICOM's (row spacing, column spacing) in mm; ``row_direction`` is the direction of
+    A classic single-frame slice has ``frame=None``; a frame of a multi-frame (enhanced) image has its 0-based
+    index. ``pixel_spacing`` is DICOM's (row spacing, column spacing) in mm; ``row_direction`` is the direction of
     increasing column index (first three values of ImageOrientationPatient), ``column_direction`` that of
-    increasing row index, both in LPS patient coordinates.
+    increasing row index, both unit vectors in LPS patient coordinates. ``rescale_slope`` / ``rescale_intercept`` are
+    ``None`` where the tag is absent; ``thickness`` is SpacingBetweenSlices, else SliceThickness, else ``None``.
     """
 
     path: str
@@ -63,10 +61,20 @@ class SliceHeader:
     rows: int
     columns: int
     transfer_syntax: str
+    frame: int | None = None
+    rescale_slope: float | None = None
+    rescale_intercept: float | None = None
+    thickness: float | None = None
+    photometric: str = ""
 
     @property
     def normal(self) -> np.ndarray:
         return np.cross(self.row_direction, self.column_direction)
+
+    @property
+    def name(self) -> str:
+        """The file name, with the frame number for a frame of a multi-frame image: how messages name it."""
+        return Path(self.path).name + (f" frame {self.frame + 1}" if self.frame is not None else "")
 
 
 def series_label(series_uid: str) -> str:
@@ -74,95 +82,58 @@ def series_label(series_uid: str) -> str:
     return f"series {series_uid}" if series_uid else "series <no SeriesInstanceUID>"
 
 
+def plain(value: Any) -> str:
+    """A value as a message shows it: plain numbers (``0.8``, not ``np.float64(0.8)``), tuples in brackets."""
+    if isinstance(value, (tuple, list, np.ndarray)):
+        return "(" + ", ".join(plain(v) for v in value) + ")"
+    if isinstance(value, (float, np.floating)):
+        return f"{float(value):.6g}"
+    if isinstance(value, np.integer):
+        return str(int(value))
+    return str(value)
+
+
 def _z(value: float) -> str:
     return f"{round(float(value), 4)}"
 
 
-def _non_image_reason(ds: Any) -> str | None:
-    modality = str(ds.get("Modality", "") or "").upper()
-    if modality in NON_IMAGE_MODALITIES:
-        return f"a non-image object (Modality {modality})"
-    meta = getattr(ds, "file_meta", None)
-    for uid in (ds.get("SOPClassUID", ""), meta.get("MediaStorageSOPClassUID", "") if meta is not None else ""):
-        if uid and str(uid).startswith(NON_IMAGE_SOP_CLASS_PREFIXES):
-            return f"a non-image object ({UID(str(uid)).name})"
-    return None
+def _names(headers: list[SliceHeader], limit: int = 5) -> str:
+    shown = ", ".join(h.name for h in headers[:limit])
+    return shown + (f" and {len(headers) - limit} more" if len(headers) > limit else "")
 
 
-def _claims_to_be_image(ds: Any) -> bool:
-    meta = getattr(ds, "file_meta", None)
-    for uid in (ds.get("SOPClassUID", ""), meta.get("MediaStorageSOPClassUID", "") if meta is not None else ""):
-        if uid and "Image Storage" in UID(str(uid)).name:
-            return True
-    return any(tag in ds for tag in ("Rows", "Columns", "ImagePositionPatient", "BitsAllocated"))
+def drop_identical_copies(headers: list[SliceHeader], folder: str) -> list[SliceHeader]:
+    """Read byte-identical copies of one instance once: frames with the same SOPInstanceUID (and frame number) whose
+    pixel data are equal are kept once, with a warning naming the copies; the same SOPInstanceUID with different
+    pixel data is an error naming both files.
 
-
-def read_slice_header(path: str, folder: str) -> tuple[SliceHeader | None, str | None]:
-    """Read one file's header (pixel data deferred) and classify it.
-
-    Returns ``(header, None)`` for a single-frame image slice, ``(None, reason)`` for an object that is not part of
-    an image volume (SEG, SR, DICOMDIR, multi-frame, no position). Raises :class:`DicomSeriesError` for a file that
-    cannot be read, or that is an image object whose pixel data is missing (truncated file).
+    Args:
+        headers: the image frames of a folder, in file-name order.
+        folder: named in messages.
     """
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            ds = pydicom.dcmread(path, defer_size="64 KB")
-    except Exception as e:  # pydicom raises many types for corrupt files
-        raise DicomSeriesError(f"DICOM folder {folder}: file {path} could not be read: {e}") from e
-    for w in caught:
-        if "end of file" in str(w.message).lower():
-            raise DicomSeriesError(f"DICOM folder {folder}: file {path} is truncated ({w.message})")
-    reason = _non_image_reason(ds)
-    if reason is not None:
-        return None, reason
-    if "PixelData" not in ds:
-        if _claims_to_be_image(ds):
+    first_of: dict[tuple[str, int | None], SliceHeader] = {}
+    kept, copies = [], []
+    for header in headers:
+        key = (header.sop_instance_uid, header.frame)
+        original = first_of.get(key) if header.sop_instance_uid else None
+        if original is None:
+            first_of[key] = header
+            kept.append(header)
+            continue
+        if original.dataset is not header.dataset and original.dataset.PixelData != header.dataset.PixelData:
             raise DicomSeriesError(
-                f"DICOM folder {folder}: file {path} is an image object without pixel data (truncated or corrupt)"
+                f"DICOM folder {folder}: {original.name} and {header.name} share SOPInstanceUID "
+                f"{header.sop_instance_uid} but hold different pixel data; remove the wrong one"
             )
-        return None, "an object without pixel data"
-    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        return None, "a multi-frame object (read it with MONAI's ITKReader or PydicomReader)"
-    if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
-        return None, "an image without ImagePositionPatient/ImageOrientationPatient (not part of a volume)"
-    try:
-        iop = np.asarray([float(v) for v in ds.ImageOrientationPatient], dtype=np.float64)
-        ipp = np.asarray([float(v) for v in ds.ImagePositionPatient], dtype=np.float64)
-        spacing = ds.get("PixelSpacing", None) or ds.get("ImagerPixelSpacing", None) or (1.0, 1.0)
-        pixel_spacing = (float(spacing[0]), float(spacing[1]))
-        rows, columns = int(ds.Rows), int(ds.Columns)
-    except Exception as e:
-        raise DicomSeriesError(f"DICOM folder {folder}: file {path} has unusable geometry tags: {e}") from e
-    if iop.shape != (6,) or ipp.shape != (3,) or not (np.isfinite(iop).all() and np.isfinite(ipp).all()):
-        raise DicomSeriesError(
-            f"DICOM folder {folder}: file {path} has invalid ImageOrientationPatient {list(iop)} "
-            f"or ImagePositionPatient {list(ipp)}"
+        copies.append(f"{header.name} = {original.name}")
+    if copies:
+        logger.warning(
+            "DICOM folder %s: %d identical copies (same SOPInstanceUID and pixel data) read once: %s",
+            folder,
+            len(copies),
+            "; ".join(copies[:5]) + (f" and {len(copies) - 5} more" if len(copies) > 5 else ""),
         )
-    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
-        raise DicomSeriesError(
-            f"DICOM folder {folder}: file {path} has SamplesPerPixel={ds.SamplesPerPixel}; "
-            "only single-sample (greyscale) series are supported"
-        )
-    instance = ds.get("InstanceNumber", None)
-    meta = getattr(ds, "file_meta", None)
-    header = SliceHeader(
-        path=path,
-        dataset=ds,
-        series_uid=str(ds.get("SeriesInstanceUID", "") or ""),
-        sop_instance_uid=str(
-            ds.get("SOPInstanceUID", "") or (meta.get("MediaStorageSOPInstanceUID", "") if meta is not None else "")
-        ),
-        instance_number=int(instance) if instance not in (None, "") else None,
-        position=ipp,
-        row_direction=iop[:3] / np.linalg.norm(iop[:3]),
-        column_direction=iop[3:] / np.linalg.norm(iop[3:]),
-        pixel_spacing=pixel_spacing,
-        rows=rows,
-        columns=columns,
-        transfer_syntax=str(meta.get("TransferSyntaxUID", "")) if meta is not None else "",
-    )
-    return header, None
+    return kept
 
 
 def pick_series(headers: list[SliceHeader], folder: str, series_uid: str | None) -> list[SliceHeader]:
@@ -174,7 +145,16 @@ def pick_series(headers: list[SliceHeader], folder: str, series_uid: str | None)
             raise DicomSeriesError(f"DICOM folder {folder} has no {series_label(series_uid)}; it holds {available}")
         chosen = series_uid
     else:
-        chosen = sorted(counts, key=lambda uid: (-counts[uid], uid))[0]
+        ranked = counts.most_common()
+        if len(ranked) > 1 and ranked[0][1] == ranked[1][1]:
+            tied = [uid for uid, n in ranked if n == ranked[0][1]]
+            raise DicomSeriesError(
+                f"DICOM folder {folder} holds {len(tied)} series of {ranked[0][1]} slices each: "
+                f"{' and '.join(series_label(uid) for uid in tied)}; picking one would be arbitrary: pass "
+                "series_uid=<SeriesInstanceUID> (a DicomSeriesReader argument, also accepted by SafeLoadImaged) "
+                "or move the other series out"
+            )
+        chosen = ranked[0][0]
     if len(counts) > 1 or series_uid is None:
         logger.info(
             "DICOM folder %s: picked %s (%d slices)%s",
@@ -187,15 +167,32 @@ def pick_series(headers: list[SliceHeader], folder: str, series_uid: str | None)
 
 
 def _check_constant(headers: list[SliceHeader], label: str, name: str, value_of, same) -> None:
-    reference = Counter(str(value_of(h)) for h in headers).most_common(1)[0][0]
-    reference_header = next(h for h in headers if str(value_of(h)) == reference)
+    reference = Counter(plain(value_of(h)) for h in headers).most_common(1)[0][0]
+    reference_header = next(h for h in headers if plain(value_of(h)) == reference)
     odd = [h for h in headers if not same(value_of(h), value_of(reference_header))]
     if odd:
-        shown = ", ".join(f"{Path(h.path).name} ({value_of(h)})" for h in odd[:5])
+        shown = ", ".join(f"{h.name} ({plain(value_of(h))})" for h in odd[:5])
         raise DicomSeriesError(
-            f"{label}: {name} changes within the series: {value_of(reference_header)} in "
+            f"{label}: {name} changes within the series: {reference} in "
             f"{len(headers) - len(odd)} files, different in {len(odd)}: {shown}"
         )
+
+
+def _check_rescale(headers: list[SliceHeader], label: str) -> None:
+    """RescaleSlope / RescaleIntercept are applied per slice; one missing in some slices but present in others is
+    an error: those slices would be read on another scale (1024 HU off for a CT intercept of -1024)."""
+    for name, value_of in (
+        ("RescaleIntercept", lambda h: h.rescale_intercept),
+        ("RescaleSlope", lambda h: h.rescale_slope),
+    ):
+        missing = [h for h in headers if value_of(h) is None]
+        if 0 < len(missing) < len(headers):
+            present = Counter(value_of(h) for h in headers if value_of(h) is not None).most_common(1)[0][0]
+            raise DicomSeriesError(
+                f"{label}: {name} is missing in {len(missing)} of {len(headers)} slices ({_names(missing)}) but "
+                f"present in the others (e.g. {plain(present)}); those slices cannot be put on the same intensity "
+                "scale: fix or remove them"
+            )
 
 
 def validate_series(
@@ -237,6 +234,8 @@ def validate_series(
         lambda h: tuple(np.round(np.concatenate([h.row_direction, h.column_direction]), 6)),
         lambda a, b: np.abs(np.subtract(a, b)).max() <= orientation_tolerance,
     )
+    _check_constant(headers, label, "PhotometricInterpretation", lambda h: h.photometric, lambda a, b: a == b)
+    _check_rescale(headers, label)
     normal = headers[0].normal
     positions = np.array([float(normal @ h.position) for h in headers])
     order = np.lexsort(([h.path for h in headers], [h.instance_number or 0 for h in headers], positions))
@@ -244,12 +243,13 @@ def validate_series(
 
     same = np.flatnonzero(np.diff(positions) <= position_tolerance)
     if same.size:
-        groups = [(positions[i], Path(headers[i].path).name, Path(headers[i + 1].path).name) for i in same]
+        groups = [(positions[i], headers[i].name, headers[i + 1].name) for i in same]
         shown = "; ".join(f"z={_z(z)}: {a} and {b}" for z, a, b in groups[:5])
         if allow_duplicates != "first":
             raise DicomSeriesError(
-                f"{label} has {len(groups)} duplicated slice position(s): {shown}. Pass allow_duplicates='first' "
-                "to keep the lowest InstanceNumber at each position"
+                f"{label} has {len(groups)} duplicated slice position(s) holding different instances: {shown}. "
+                "If they are copies or repeats of one acquisition, pass allow_duplicates='first' (a DicomSeriesReader "
+                "argument, also accepted by SafeLoadImaged) to keep the lowest InstanceNumber at each position"
             )
         keep = np.ones(len(headers), dtype=bool)
         keep[same + 1] = False
@@ -257,9 +257,15 @@ def validate_series(
         headers, positions = [h for h, k in zip(headers, keep) if k], positions[keep]
 
     if len(headers) == 1:
-        ds = headers[0].dataset
-        thickness = ds.get("SpacingBetweenSlices", None) or ds.get("SliceThickness", None) or 1.0
-        return headers, normal * abs(float(thickness))
+        thickness = headers[0].thickness
+        if not thickness:
+            logger.warning(
+                "%s: a single slice without a usable SpacingBetweenSlices or SliceThickness (%s); taken as 1 mm thick",
+                label,
+                headers[0].name,
+            )
+            thickness = 1.0
+        return headers, normal * thickness
 
     steps = np.diff(positions)
     nominal = float(np.median(steps))

@@ -17,18 +17,46 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pydicom
 from monai.data.utils import orientation_ras_lps
 
-__all__ = ["DicomSegError", "FramePlacement", "frames_on_source_grid", "pixel_steps", "place_frame", "world_to_voxel"]
+__all__ = [
+    "DicomSegError",
+    "FramePlacement",
+    "frames_on_source_grid",
+    "functional_value",
+    "pixel_steps",
+    "place_frame",
+    "world_to_voxel",
+]
 
 logger = logging.getLogger(__name__)
 
 
 class DicomSegError(ValueError):
     """A DICOM SEG cannot be decoded onto a grid, or made from a prediction; the message names the file and why."""
+
+
+def functional_value(frame_group: Any, shared_group: Any, sequence: str, attribute: str) -> Any:
+    """The value of ``attribute`` for one frame of a multi-frame object (enhanced image or SEG), or ``None``.
+
+    DICOM PS3.3 C.7.6.16: a functional group macro (``sequence``, e.g. ``PlanePositionSequence``) holds its values in
+    the frame's item of PerFrameFunctionalGroupsSequence or, when they are the same for all frames, in
+    SharedFunctionalGroupsSequence; the per-frame item wins.
+
+    Args:
+        frame_group: the frame's item of PerFrameFunctionalGroupsSequence (or ``None``).
+        shared_group: the item of SharedFunctionalGroupsSequence (or ``None``).
+        sequence: the functional group macro's sequence keyword.
+        attribute: the attribute inside it, e.g. ``ImagePositionPatient``.
+    """
+    for group in (frame_group, shared_group):
+        if group is not None and sequence in group and len(group[sequence].value) and attribute in group[sequence][0]:
+            return group[sequence][0][attribute].value
+    return None
 
 
 def pixel_steps(orientation: Sequence[float], pixel_spacing: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:

@@ -29,10 +29,24 @@ import numpy as np
 import pydicom
 import torch
 from monai.utils import optional_import
+from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from monai_unet2.data.dicom_geometry import DicomSegError, frames_on_source_grid, place_frame, world_to_voxel
+from monai_unet2.data.dicom_geometry import (
+    DicomSegError,
+    frames_on_source_grid,
+    functional_value,
+    place_frame,
+    world_to_voxel,
+)
 from monai_unet2.data.files import dicom_files
+from monai_unet2.data.seg_description import (
+    SegDescription,
+    clean_pixel_measures,
+    derive_series_number,
+    segment_codings,
+    segment_item,
+)
 
 __all__ = [
     "HIGHDICOM_MISSING",
@@ -57,9 +71,9 @@ def highdicom_available() -> bool:
 
 
 def _frame_item(frame_group: Any, shared_group: Any, sequence: str, attribute: str, path: str, frame: int) -> Any:
-    for group in (frame_group, shared_group):
-        if group is not None and sequence in group and len(group[sequence].value) and attribute in group[sequence][0]:
-            return group[sequence][0][attribute].value
+    value = functional_value(frame_group, shared_group, sequence, attribute)
+    if value is not None:
+        return value
     raise DicomSegError(f"DICOM SEG {path}: frame {frame} has no {sequence} > {attribute}")
 
 
@@ -264,17 +278,18 @@ def build_dicom_seg(
     series_uid: str | None = None,
     preferred_uids: Sequence[str] = (),
     affine_is_ras: bool = True,
-    series_description: str = "Segmentation",
-    series_number: int = 300,
-    algorithm_name: str = "monai_unet2",
-    algorithm_version: str | None = None,
+    description: SegDescription | None = None,
 ) -> pydicom.Dataset:
     """A BINARY DICOM SEG of ``label_map`` referencing the series it was predicted from.
 
     One frame per source slice and segment holding foreground (all frames when nothing is segmented), with
     ReferencedSeriesSequence, per-frame DerivationImage / ReferencedSOPInstanceUID and PlanePosition, shared
-    PlaneOrientation / PixelMeasures, the source's Study, Patient and FrameOfReferenceUID, and one segment per
-    label value (category and type "Tissue", algorithm type AUTOMATIC).
+    PlaneOrientation / PixelMeasures (spacing written without floating-point noise), the source's Study, Patient and
+    FrameOfReferenceUID, and one segment per label value: its codes, SegmentDescription and
+    RecommendedDisplayCIELabValue from ``description`` (see :mod:`~monai_unet2.data.seg_description`), algorithm type
+    AUTOMATIC with the algorithm's name, version and source. The series gets ``description``'s SeriesDescription, a
+    SeriesNumber derived from the source's (:func:`~monai_unet2.data.seg_description.derive_series_number`) and a
+    ContentCreatorName (type 2, empty when not known).
 
     Args:
         label_map: 3D integer label map on the source grid (values = segment numbers, 0 = background).
@@ -284,10 +299,9 @@ def build_dicom_seg(
         series_uid: SeriesInstanceUID of the source series in a folder holding several.
         preferred_uids: the SOPInstanceUIDs the reader used (``sop_instance_uids`` of the meta), for duplicates.
         affine_is_ras: ``affine`` maps to RAS rather than LPS.
-        series_description: SeriesDescription of the SEG.
-        series_number: SeriesNumber of the SEG.
-        algorithm_name: AlgorithmName (and ManufacturerModelName) recorded in the SEG.
-        algorithm_version: AlgorithmVersion; default: the monai_unet2 version.
+        description: segment codes, series description and algorithm identity (a bundle's, built with
+            :meth:`~monai_unet2.data.SegDescription.from_metadata`); ``None``: the package as algorithm and codes
+            from DICOM's lists where the label names are standard (else "Tissue", with a warning).
 
     Raises:
         ImportError: highdicom is not installed.
@@ -296,8 +310,6 @@ def build_dicom_seg(
     hd, has_highdicom = optional_import("highdicom")
     if not has_highdicom:
         raise ImportError(HIGHDICOM_MISSING)
-    from pydicom.sr.codedict import codes
-
     from monai_unet2 import __version__
 
     folder = _source_folder(source)
@@ -308,39 +320,43 @@ def build_dicom_seg(
     frames, used = frames_on_source_grid(values, affine, sources, affine_is_ras, preferred_uids, folder=folder)
     names = segment_names(label_names, int(frames.max()) if frames.size else 0)
     frames = frames.astype(np.uint8 if len(names) <= 255 else np.uint16)
-    version = algorithm_version or __version__
+    if description is None:
+        description = SegDescription(series_description="monai_unet2 segmentation", algorithm_version=__version__)
+    version = description.algorithm_version or __version__
     algorithm = hd.AlgorithmIdentificationSequence(
-        name=algorithm_name, family=codes.cid7162.ArtificialIntelligence, version=version
+        name=description.algorithm_name[:64],
+        family=codes.cid7162.ArtificialIntelligence,
+        version=version[:64],
+        source=description.algorithm_source[:64] if description.algorithm_source else None,
     )
-    descriptions = [
-        hd.seg.SegmentDescription(
-            segment_number=number,
-            segment_label=label[:64],
-            segmented_property_category=codes.SCT.Tissue,
-            segmented_property_type=codes.SCT.Tissue,
-            algorithm_type="AUTOMATIC",
-            algorithm_identification=algorithm,
-        )
-        for number, label in names.items()
-    ]
+    codings = segment_codings(names, description)
+    segments = [segment_item(hd, number, coding, algorithm) for number, coding in codings.items()]
+    series_number = description.series_number
+    if series_number is None:
+        series_number = derive_series_number(used[0].get("SeriesNumber"), f"{description.algorithm_name} {version}")
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*person name.*", category=UserWarning)
             warnings.filterwarnings("ignore", message=".*omit_empty_frames.*")
-            return hd.seg.Segmentation(
+            seg = hd.seg.Segmentation(
                 source_images=used,
                 pixel_array=frames,
                 segmentation_type="BINARY",
-                segment_descriptions=descriptions,
+                segment_descriptions=segments,
                 series_instance_uid=generate_uid(),
                 series_number=series_number,
                 sop_instance_uid=generate_uid(),
                 instance_number=1,
                 manufacturer="monai_unet2",
-                manufacturer_model_name=algorithm_name[:64],
+                manufacturer_model_name=description.algorithm_name[:64],
                 software_versions=f"monai_unet2 {__version__}",
                 device_serial_number="0",
-                series_description=series_description[:64],
+                series_description=(description.series_description or "monai_unet2 segmentation")[:64],
             )
     except (ValueError, TypeError, AttributeError, KeyError) as err:
         raise DicomSegError(f"DICOM SEG for {folder}: highdicom refused the source series: {err}") from err
+    seg.ContentCreatorName = description.content_creator_name
+    if used[0].get("BodyPartExamined"):
+        seg.BodyPartExamined = used[0].BodyPartExamined
+    clean_pixel_measures(seg)
+    return seg

@@ -9,8 +9,10 @@ metadata as MONAI's readers, so every MONAI transform downstream behaves identic
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import threading
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,12 +30,13 @@ from pydicom.uid import UID
 from monai_unet2.data.dicom_checks import (
     DicomSeriesError,
     SliceHeader,
+    drop_identical_copies,
     pick_series,
-    read_slice_header,
     series_label,
     validate_series,
 )
 from monai_unet2.data.dicom_geometry import pixel_steps
+from monai_unet2.data.dicom_headers import read_file_headers
 from monai_unet2.data.files import dicom_files
 
 __all__ = ["DicomSeries", "DicomSeriesError", "DicomSeriesReader", "decoder_available"]
@@ -94,13 +97,17 @@ class DicomSeriesReader(ImageReader):
     GDCM; the metadata holds ``affine``/``original_affine`` (RAS unless ``affine_lps_to_ras=False``), ``spacing``,
     ``spatial_shape``, ``space`` and ``original_channel_dim`` (no channel), plus ``SeriesInstanceUID``, ``Modality``
     and ``sop_instance_uids`` (backslash-joined, in slice order). Pixel values have RescaleSlope/RescaleIntercept
-    applied per slice.
+    applied per slice (per frame); tags present in some slices and missing in others are an error.
 
     A folder may hold several series and non-image objects (SEG, SR, presentation states, DICOMDIR): non-image
-    objects are skipped with a log line, and the series is ``series_uid`` or else the one with most slices (logged).
-    Non-DICOM files (no DICOM preamble and no ``.dcm`` suffix) and hidden files are ignored. Every problem that
-    would distort the volume raises :class:`DicomSeriesError` naming the folder, series and files; the opt-in
-    tolerances below relax specific checks.
+    objects are skipped with a log line, and the series is ``series_uid`` or else the one with most slices (logged;
+    two series of equal size are an error naming both, since the pick would be arbitrary). Enhanced (and legacy
+    converted enhanced) multi-frame images are read frame by frame from their functional groups, so a folder may
+    hold one multi-frame file or a mix. Byte-identical copies of an instance (same SOPInstanceUID, same pixel data)
+    are read once, with a warning. Non-DICOM files (no DICOM preamble and no ``.dcm`` suffix) and hidden files are
+    ignored. Every problem that would distort the volume raises :class:`DicomSeriesError` naming the folder, series
+    and files (a file that does not parse is such a problem, never a skip); the opt-in tolerances below relax
+    specific checks.
 
     Several folders given together are read as one channel each (they must share the same grid).
 
@@ -116,7 +123,8 @@ class DicomSeriesReader(ImageReader):
         allow_gantry_tilt: accept origins that drift in-plane; the affine is then sheared so that every slice stays
             at its true position.
         on_unreadable: ``"error"`` (default) raises on a corrupt or truncated DICOM file; ``"skip"`` logs a warning
-            and leaves it out (gap checks still catch a missing slice inside the series, not at its ends).
+            and leaves it out. Use with care: gap checks catch a missing slice inside the series, but a slice left
+            out at either end shortens the volume without a gap.
         affine_lps_to_ras: convert the affine from DICOM's LPS to RAS, as MONAI's readers do by default.
         dtype: output array dtype.
         num_threads: threads used to decode slices; only helps with decoders that release the GIL (Pillow's
@@ -193,25 +201,24 @@ class DicomSeriesReader(ImageReader):
         skipped: list[str] = []
         for path in files:
             try:
-                header, reason = read_slice_header(path, folder)
+                frames, reason = read_file_headers(path, folder)
             except DicomSeriesError as e:
                 if self.on_unreadable == "error":
-                    raise DicomSeriesError(f"{e}; pass on_unreadable='skip' to leave such files out") from e
-                logger.warning("%s (skipped: on_unreadable='skip')", e)
+                    raise
+                logger.warning("%s (left out: on_unreadable='skip')", e)
                 skipped.append(f"{Path(path).name} (unreadable)")
                 continue
-            if header is None:
+            if reason is not None:
                 logger.info("DICOM folder %s: skipping %s: %s", folder, Path(path).name, reason)
                 skipped.append(f"{Path(path).name} ({reason})")
-            else:
-                headers.append(header)
+            headers += frames
         if not headers:
             raise DicomSeriesError(
-                f"DICOM folder {folder} holds no single-frame image slices ({len(files)} DICOM files"
+                f"DICOM folder {folder} holds no image slices ({len(files)} DICOM files"
                 + (f"; skipped: {', '.join(skipped[:5])}" if skipped else "")
                 + ")"
             )
-        chosen = pick_series(headers, folder, self.series_uid)
+        chosen = pick_series(drop_identical_copies(headers, folder), folder, self.series_uid)
         slices, step = validate_series(
             chosen,
             folder,
@@ -223,24 +230,47 @@ class DicomSeriesReader(ImageReader):
         )
         return DicomSeries(folder, slices, step)
 
-    def _decode(self, header: SliceHeader, label: str) -> np.ndarray:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                pixels = header.dataset.pixel_array
-        except Exception as e:
-            raise DicomSeriesError(f"{label}: file {header.path} has pixel data that cannot be decoded: {e}") from e
+    @staticmethod
+    def _pixels(header: SliceHeader, label: str, decoded: dict[int, np.ndarray], lock: threading.Lock) -> np.ndarray:
+        """The stored values of one frame, ``(rows, columns)``; a multi-frame file is decoded once for all frames."""
+        key = id(header.dataset)
+        with lock if header.frame is not None else contextlib.nullcontext():
+            pixels = decoded.get(key)
+            if pixels is None:
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        pixels = header.dataset.pixel_array
+                except Exception as e:
+                    raise DicomSeriesError(
+                        f"{label}: file {header.path} has pixel data that cannot be decoded: {e}"
+                    ) from e
+                if header.frame is not None:
+                    decoded[key] = pixels
+        if header.frame is not None:
+            pixels = pixels[header.frame] if pixels.ndim == 3 else pixels
         if pixels.shape != (header.rows, header.columns):
             raise DicomSeriesError(
-                f"{label}: file {header.path} decodes to shape {pixels.shape}, expected {(header.rows, header.columns)}"
+                f"{label}: {header.name} decodes to shape {pixels.shape}, expected {(header.rows, header.columns)}"
             )
-        ds = header.dataset
-        slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
-        values = pixels.T
+        return pixels
+
+    def _decode(self, header: SliceHeader, label: str, decoded: dict, lock: threading.Lock) -> np.ndarray:
+        values = self._pixels(header, label, decoded, lock).T
+        slope = 1.0 if header.rescale_slope is None else header.rescale_slope
+        intercept = 0.0 if header.rescale_intercept is None else header.rescale_intercept
         if slope != 1.0 or intercept != 0.0:
             values = values.astype(np.float64) * slope + intercept
+        if np.issubdtype(self.dtype, np.floating) and values.size:
+            largest = float(np.abs(values).max())
+            if largest > np.finfo(self.dtype).max:
+                raise DicomSeriesError(
+                    f"{label}: {header.name}: RescaleSlope {slope:g} and RescaleIntercept {intercept:g} scale its "
+                    f"pixel values up to {largest:.3g}, beyond the {self.dtype} range the volume is read in"
+                )
         out = values.astype(self.dtype)
-        header.dataset = None  # release the decoded frame cache and file bytes
+        if header.frame is None:
+            header.dataset = None  # release the decoded frame cache and file bytes
         return out
 
     def _series_array(self, series: DicomSeries) -> np.ndarray:
@@ -252,9 +282,11 @@ class DicomSeriesReader(ImageReader):
                     "installed pydicom decoders can decode (install e.g. pylibjpeg with its plugins, or GDCM)"
                 )
         volume = np.empty(series.spatial_shape, dtype=self.dtype)
+        decoded: dict[int, np.ndarray] = {}
+        lock = threading.Lock()
 
         def fill(index: int) -> None:
-            volume[:, :, index] = self._decode(series.slices[index], label)
+            volume[:, :, index] = self._decode(series.slices[index], label, decoded, lock)
 
         if self.num_threads > 1:
             with ThreadPoolExecutor(self.num_threads) as pool:
@@ -262,6 +294,8 @@ class DicomSeriesReader(ImageReader):
         else:
             for index in range(len(series.slices)):
                 fill(index)
+        for header in series.slices:
+            header.dataset = None
         return volume
 
     def _meta(self, series: DicomSeries) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from monai.utils import MetaKeys
 
 from monai_unet2.data.dicom_seg import HIGHDICOM_MISSING, build_dicom_seg, highdicom_available
 from monai_unet2.data.files import ensure_output_dir, write_atomically
+from monai_unet2.data.seg_description import SegDescription
 
 __all__ = ["OUTPUT_FORMATS", "SegmentationWriter", "output_paths", "pending_inputs"]
 
@@ -135,8 +136,8 @@ class SegmentationWriter:
         label_names: label value -> name (a bundle's ``channel_def`` works), used for the SEG's segment labels and
             to decide PNG binary-ness (one foreground name).
         binary: PNG only: write 0/255; ``None`` decides from ``label_names``, else from the values (max <= 1).
-        series_description: SeriesDescription of the DICOM SEG.
-        algorithm_name: algorithm recorded in the DICOM SEG.
+        seg_description: segment codes, colours and descriptions, series description and algorithm of the DICOM SEG
+            (a bundle's: :meth:`~monai_unet2.data.SegDescription.from_metadata`); ``None``: package defaults.
         fsync: flush each file to disk before renaming it.
 
     Raises:
@@ -153,8 +154,7 @@ class SegmentationWriter:
         resume: bool = False,
         label_names: Mapping[Any, str] | Sequence[str] | None = None,
         binary: bool | None = None,
-        series_description: str = "Segmentation",
-        algorithm_name: str = "monai_unet2",
+        seg_description: SegDescription | None = None,
         fsync: bool = True,
     ) -> None:
         if output_format not in OUTPUT_FORMATS:
@@ -170,8 +170,7 @@ class SegmentationWriter:
         self.resume = resume
         self.label_names = label_names
         self.binary = binary
-        self.series_description = series_description
-        self.algorithm_name = algorithm_name
+        self.seg_description = seg_description
         self.fsync = fsync
 
     def write(self, label_map: torch.Tensor | np.ndarray, meta: Mapping | None) -> list[str]:
@@ -207,8 +206,7 @@ class SegmentationWriter:
                 label_names=self.label_names,
                 series_uid=meta.get("SeriesInstanceUID"),
                 preferred_uids=uids,
-                series_description=self.series_description,
-                algorithm_name=self.algorithm_name,
+                description=self.seg_description,
             )
             write_atomically(paths[1], lambda tmp: seg.save_as(tmp), self.fsync)
         return paths
@@ -254,7 +252,7 @@ class SegmentationWriter:
                 target_shape,
             )
         writer = NibabelWriter(output_dtype=self.output_dtype)
-        writer.set_data_array(labels, channel_dim=None)
+        writer.set_data_array(labels, channel_dim=None, squeeze_end_dims=False)  # keep a single slice's z axis
         writer.set_metadata(
             {MetaKeys.AFFINE: affine, MetaKeys.ORIGINAL_AFFINE: original, MetaKeys.SPATIAL_SHAPE: spatial},
             resample=resample,
@@ -279,11 +277,12 @@ class SegmentationWriter:
                 raise ValueError(f"binary PNG output but the prediction has labels up to {labels.max()}")
             labels = (labels > 0).astype(self.output_dtype) * 255
         spatial = meta.get(MetaKeys.SPATIAL_SHAPE)
-        squeezed = labels.reshape([s for s in labels.shape if s != 1] or [1])
+        squeezed = labels.reshape(labels.shape[:2]) if labels.ndim > 2 and labels[0, 0].size == 1 else labels
         if squeezed.ndim != 2:
             raise ValueError(f"PNG output needs a 2D prediction, got shape {labels.shape}")
         target = tuple(int(s) for s in np.atleast_1d(spatial))[:2] if spatial is not None else squeezed.shape
         writer = PILWriter(output_dtype=self.output_dtype, scale=None)
-        writer.set_data_array(squeezed, channel_dim=None)
+        writer.set_data_array(squeezed, channel_dim=None, squeeze_end_dims=False)
+        writer.data_obj = writer.data_obj.reshape(squeezed.shape)  # MONAI squeezes a 1 x 1 image to nothing
         writer.set_metadata({MetaKeys.SPATIAL_SHAPE: target}, resample=target != squeezed.shape, mode="nearest")
         return writer

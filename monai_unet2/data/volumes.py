@@ -21,14 +21,17 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import warnings
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pydicom
 from monai.utils import ensure_tuple
 
+from monai_unet2.data.affines import affine_problem, resampled_voxel_count
 from monai_unet2.data.files import dicom_files
 
 __all__ = [
@@ -37,6 +40,7 @@ __all__ = [
     "VolumeFileError",
     "available_memory",
     "describe_read_error",
+    "header_geometry",
     "header_voxel_count",
     "memory_refusal",
 ]
@@ -46,6 +50,7 @@ DEFAULT_MAX_MEMORY_FRACTION = 0.8
 
 NIBABEL_SUFFIXES = (".nii", ".nii.gz", ".mgh", ".mgz", ".hdr", ".img")
 SIMPLEITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+IMAGE_2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".gif", ".bmp")
 _UNLIMITED = 1 << 60
 
 
@@ -75,6 +80,12 @@ def describe_read_error(filename: Any, error: BaseException) -> str:
         cause = "file not found"
     elif isinstance(error, PermissionError):
         cause = "permission denied"
+    elif isinstance(error, IsADirectoryError):
+        cause = "a folder, not a file"
+    elif isinstance(error, OSError) and "truncated" in str(error).lower():
+        cause = "truncated image data"
+    elif type(error).__name__ == "UnidentifiedImageError":
+        cause = "damaged image header, or an image variant PIL does not read"
     elif isinstance(error, OSError) and "bytes" in str(error):
         cause = "file shorter than its header says (truncated)"
     elif isinstance(error, RuntimeError) and "cannot find a suitable reader" in str(error):
@@ -119,26 +130,44 @@ def available_memory() -> int | None:
     return min(candidates) if candidates else None
 
 
-def _dicom_voxels(paths: Sequence[Path]) -> int | None:
+def _dicom_geometry(paths: Sequence[Path]) -> tuple[tuple[int, ...], np.ndarray | None] | None:
+    """Shape (and, when the first slice says, an LPS affine with the right spacings) of a DICOM series from the
+    headers of its first image file and the number of files: all that the memory guard needs."""
     files: list[str | Path] = []
     for path in paths:
         files += list(dicom_files(path, log_ignored=False)) if path.is_dir() else [path]
     for file in files:
         try:
-            header = pydicom.dcmread(file, stop_before_pixels=True, specific_tags=["Rows", "Columns", "NumberOfFrames"])
+            header = pydicom.dcmread(file, stop_before_pixels=True)
         except Exception:
             continue
-        if "Rows" in header and "Columns" in header:
-            frames = int(header.get("NumberOfFrames", 1) or 1)
-            return int(header.Rows) * int(header.Columns) * frames * len(files)
+        if "Rows" not in header or "Columns" not in header:
+            continue
+        frames = int(header.get("NumberOfFrames", 1) or 1)
+        shape = (int(header.Columns), int(header.Rows), frames * len(files))
+        try:
+            spacing = [float(v) for v in header.get("PixelSpacing", None) or []]
+            step = header.get("SpacingBetweenSlices", None) or header.get("SliceThickness", None)
+            if len(spacing) != 2 or step is None:
+                shared = header.get("SharedFunctionalGroupsSequence")
+                measures = shared[0].get("PixelMeasuresSequence") if shared else None
+                spacing = [float(v) for v in measures[0].PixelSpacing] if measures else spacing
+                step = (
+                    (measures[0].get("SpacingBetweenSlices") or measures[0].get("SliceThickness")) if measures else step
+                )
+            affine = np.diag([spacing[1], spacing[0], abs(float(step)), 1.0]) if len(spacing) == 2 and step else None
+        except (AttributeError, TypeError, ValueError):
+            affine = None
+        return shape, affine
     return None
 
 
-def header_voxel_count(filename: Any) -> int | None:
-    """The number of voxels of an image from its header only, or ``None`` when the format is not known here.
+def header_geometry(filename: Any) -> tuple[tuple[int, ...], np.ndarray | None] | None:
+    """The spatial shape of an image, and its voxel-to-world affine where known, from its header only; ``None`` when
+    the format is not known here or the header cannot be read (the reader reports that, by name).
 
     Args:
-        filename: a file (NIfTI, MGH, NRRD, MHA), a DICOM folder or ``.dcm`` files (a sequence for a series).
+        filename: a file (NIfTI, MGH, NRRD, MHA, PNG/TIFF/JPEG/GIF/BMP), a DICOM folder or ``.dcm`` files.
     """
     paths = [Path(f"{name}") for name in ensure_tuple(filename)]
     if not paths or not all(path.exists() for path in paths):
@@ -148,19 +177,42 @@ def header_voxel_count(filename: Any) -> int | None:
         if len(paths) == 1 and name.endswith(NIBABEL_SUFFIXES):
             import nibabel
 
-            return math.prod(int(size) for size in nibabel.load(paths[0]).shape)
+            image = nibabel.load(paths[0])
+            return tuple(int(size) for size in image.shape), np.asarray(image.affine, dtype=np.float64)
         if len(paths) == 1 and name.endswith(SIMPLEITK_SUFFIXES):
             import SimpleITK
 
             reader = SimpleITK.ImageFileReader()
             reader.SetFileName(str(paths[0]))
             reader.ReadImageInformation()
-            return math.prod(reader.GetSize()) * reader.GetNumberOfComponents()
+            affine = np.eye(len(reader.GetSize()) + 1)
+            affine[:-1, :-1] = np.asarray(reader.GetDirection()).reshape(affine.shape[0] - 1, -1) @ np.diag(
+                reader.GetSpacing()
+            )
+            return (*reader.GetSize(), reader.GetNumberOfComponents()), affine
+        if len(paths) == 1 and name.endswith(IMAGE_2D_SUFFIXES):
+            from PIL import Image
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with Image.open(paths[0]) as image:  # a decompression bomb raises: the 2D reader names it
+                    return (image.width, image.height, len(image.getbands())), None
         if paths[0].is_dir() or name.endswith(".dcm"):
-            return _dicom_voxels(paths)
+            return _dicom_geometry(paths)
     except Exception:  # an unreadable header is the reader's to report, with its own message
         return None
     return None
+
+
+def header_voxel_count(filename: Any) -> int | None:
+    """The number of voxels of an image from its header only, or ``None`` when the format is not known here.
+
+    Args:
+        filename: a file (NIfTI, MGH, NRRD, MHA, 2D images), a DICOM folder or ``.dcm`` files (a sequence for a
+            series).
+    """
+    geometry = header_geometry(filename)
+    return None if geometry is None else math.prod(geometry[0])
 
 
 def _size(num_bytes: float) -> str:
@@ -175,22 +227,39 @@ def memory_refusal(
     filename: Any,
     memory_per_voxel: float = DEFAULT_MEMORY_PER_VOXEL,
     max_memory_fraction: float | None = DEFAULT_MAX_MEMORY_FRACTION,
+    target_spacing: Sequence[float] | float | None = None,
 ) -> str | None:
     """The reason to refuse ``filename`` before reading it, or ``None`` when it fits (or cannot be judged).
 
+    With ``target_spacing`` the size judged is the larger of the stored grid and the grid after resampling to that
+    spacing (``Orientationd`` + ``Spacingd``, see :func:`~monai_unet2.data.affines.resampled_voxel_count`): a 90 KB
+    file of 40 mm voxels becomes billions of voxels at 1 mm.
+
     Args:
         filename: what is given to the loader.
-        memory_per_voxel: bytes the pipeline needs per input voxel while processing the volume in one piece
+        memory_per_voxel: bytes the pipeline needs per voxel while processing the volume in one piece
             (default 24: the float32 image, a few float32 class probabilities and the label map).
         max_memory_fraction: refuse when the estimate exceeds this fraction of :func:`available_memory`;
             ``None`` switches the check off.
+        target_spacing: the spacing the pipeline resamples to (``Spacingd``'s ``pixdim``), per world axis or one
+            value; ``None`` when it does not resample.
     """
     if max_memory_fraction is None:
         return None
-    voxels = header_voxel_count(filename)
+    geometry = header_geometry(filename)
     available = available_memory()
-    if voxels is None or available is None:
+    if geometry is None or available is None:
         return None
+    shape, affine = geometry
+    stored = math.prod(shape)
+    voxels, resampled = stored, ""
+    if target_spacing is not None and affine is not None and affine_problem(affine) is None:
+        after = resampled_voxel_count(shape, affine, target_spacing)
+        if after > stored:
+            spacing = ", ".join(f"{v:g}" for v in np.linalg.norm(affine[:3, :3], axis=0)[: min(3, len(shape))])
+            target = ", ".join(f"{float(t):g}" for t in ensure_tuple(target_spacing))
+            voxels = after
+            resampled = f" ({stored:,} voxels of {spacing} mm resampled to {target} mm spacing)"
     needed = voxels * float(memory_per_voxel)
     allowed = available * float(max_memory_fraction)
     if needed <= allowed:
@@ -198,7 +267,7 @@ def memory_refusal(
     names = ensure_tuple(filename)
     path = str(names[0]) if len(names) == 1 else f"{names[0]} (+{len(names) - 1} files)"
     return (
-        f"{path}: volume too large to process in one piece: {voxels:,} voxels need about {_size(needed)} "
+        f"{path}: volume too large to process in one piece: {voxels:,} voxels{resampled} need about {_size(needed)} "
         f"({memory_per_voxel:g} bytes per voxel), more than {max_memory_fraction:.0%} of the {_size(available)} "
         "available; refused before reading instead of risking the out-of-memory killer. Crop or resample it, "
         "use a machine with more memory, or adjust memory_per_voxel / max_memory_fraction of SafeLoadImaged."

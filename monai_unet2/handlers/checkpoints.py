@@ -6,16 +6,18 @@ truncated one. Its ``CheckpointLoader`` restores what it is given at ``Events.ST
 trainer it is attached to from a bundle config (``"trainer": "@train#trainer"`` inside ``train#handlers`` is a
 reference cycle), fails on a missing file, and has no notion of "resume if there is something to resume".
 
-- :class:`AtomicCheckpointSaver` is ``CheckpointSaver`` with every file written to a hidden temporary and renamed
-  over the final name, and with ``state_dict`` for its best-metric bookkeeping, so a resumed run does not
-  overwrite a better ``model.pt`` with its first validation.
+- :class:`AtomicCheckpointSaver` keeps the best key-metric checkpoint (``model.pt``) like ``CheckpointSaver``, with
+  every file written to a hidden temporary and renamed over the final name, and with ``state_dict`` for its
+  best-metric bookkeeping, so a resumed run does not overwrite a better ``model.pt`` with its first validation.
 - :class:`TrainingStateSaver` writes the whole training state (network, optimiser, scheduler, trainer epoch and
   iteration, the evaluator's best metric, the MLflow run, ...) to one file at every epoch end, atomically.
 - :class:`TrainingStateLoader` restores that file at the start of a run when ``resume`` is on.
 - :class:`BestMetricState` makes an evaluator's ``best_metric``/``best_metric_epoch`` part of that state.
 
-The boundary weight needs no entry: :class:`~monai_unet2.losses.BoundaryWeightSchedule` derives it from the
-restored epoch.
+The boundary weight needs no entry: its schedule derives it from the restored epoch.
+
+The savers declare ``rank_zero_only = True`` (all ranks hold the same state, one writer is wanted), the loader
+``False`` (every rank must restore); :func:`monai_unet2.distributed.rank_zero_handlers` reads the declaration.
 """
 
 from __future__ import annotations
@@ -26,11 +28,10 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
-from monai.handlers import CheckpointLoader, CheckpointSaver
-from monai.utils import IgniteInfo, min_version, optional_import
+from monai.handlers import CheckpointLoader
+from monai.utils import IgniteInfo, is_scalar, min_version, optional_import
 
 from ..data.files import write_atomically
-from ..distributed import is_rank0
 
 if TYPE_CHECKING:
     from ignite.engine import Engine, Events
@@ -76,57 +77,119 @@ def save_checkpoint_atomically(checkpoint: Any, path: str | os.PathLike) -> str:
 
 
 class _AtomicDiskSaver(BaseSaveHandler):
-    """ignite save handler writing through :func:`save_checkpoint_atomically`, optionally to a fixed file name.
+    """ignite save handler writing through :func:`save_checkpoint_atomically`.
 
-    With a fixed name ``remove`` does nothing: ignite removes the old best before saving the new one, and the
-    atomic rename replaces it anyway.
-    """
-
-    def __init__(self, dirname: str, filename: str | None = None) -> None:
-        self.dirname = dirname
-        self.filename = filename
-
-    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
-        save_checkpoint_atomically(checkpoint, os.path.join(self.dirname, self.filename or filename))
-
-    def remove(self, filename: str) -> None:
-        if self.filename is None:
-            path = os.path.join(self.dirname, filename)
-            if os.path.exists(path):
-                os.remove(path)
-
-
-class AtomicCheckpointSaver(CheckpointSaver):
-    """MONAI's ``CheckpointSaver`` whose files are written atomically, with resumable best-metric bookkeeping.
-
-    Same arguments and file names as ``CheckpointSaver`` (``save_key_metric``, ``key_metric_filename="model.pt"``,
-    ``save_final``, ``save_interval``...): only the way files reach the disk changes. :meth:`state_dict` /
-    :meth:`load_state_dict` carry the best key metric seen so far, so put the saver in the training state
-    (:class:`TrainingStateSaver`) and a resumed run keeps ``model.pt`` unless it beats that metric.
+    ignite's ``Checkpoint`` removes the previous best before it saves the new one. Under a fixed file name
+    (``model.pt``) both are the same file: ``remove`` then keeps it, and the atomic rename of the save replaces it,
+    so there is always a whole ``model.pt``.
 
     Args:
-        save_dir: folder of the checkpoints.
-        save_dict: objects to save (``{"model": @network}`` gives a bare state dict, as MONAI bundles expect).
-        kwargs: every other ``CheckpointSaver`` argument.
+        dirname: folder of the checkpoints.
+        fixed_filename: the one file name every save uses, if any.
     """
 
-    def __init__(self, save_dir: str, save_dict: dict, **kwargs: Any) -> None:
-        super().__init__(save_dir=save_dir, save_dict=save_dict, **kwargs)
-        fixed_names = {
-            "_final_checkpoint": kwargs.get("final_filename"),
-            "_key_metric_checkpoint": kwargs.get("key_metric_filename"),
-            "_interval_checkpoint": None,
-        }
-        for attribute, filename in fixed_names.items():
-            checkpoint = getattr(self, attribute)
-            if checkpoint is not None:
-                checkpoint.save_handler = _AtomicDiskSaver(save_dir, filename)
+    def __init__(self, dirname: str, fixed_filename: str | None = None) -> None:
+        self.dirname = dirname
+        self.fixed_filename = fixed_filename
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        save_checkpoint_atomically(checkpoint, os.path.join(self.dirname, filename))
+
+    def remove(self, filename: str) -> None:
+        path = os.path.join(self.dirname, filename)
+        if filename != self.fixed_filename and os.path.exists(path):
+            os.remove(path)
+
+
+class AtomicCheckpointSaver:
+    """Keep the checkpoint of the best key metric, as MONAI's ``CheckpointSaver(save_key_metric=True)``, written
+    atomically and with resumable best-metric bookkeeping.
+
+    MONAI's ``CheckpointSaver`` hard-codes ignite's ``DiskSaver(atomic=False)`` and, for a fixed file name such as
+    ``model.pt``, deletes the old file before writing the new one: a SIGKILL in between leaves no model or a truncated
+    one, and it offers no argument to change the save handler. This class is ignite's public ``Checkpoint`` with
+    a save handler that writes to a hidden temporary and renames it over the final name, and keeps the old file
+    until then. It takes ``CheckpointSaver``'s key-metric arguments (and only those: the bundles keep no interval or
+    final checkpoints). :meth:`state_dict` / :meth:`load_state_dict` carry the best scores seen so far, so put the
+    saver in the training state (:class:`TrainingStateSaver`) and a resumed run keeps ``model.pt`` unless it beats
+    them.
+
+    Args:
+        save_dir: folder of the checkpoints (created when missing).
+        save_dict: objects to save (``{"model": @network}`` gives a bare state dict, as MONAI bundles expect; a
+            ``DistributedDataParallel`` network is saved unwrapped).
+        save_key_metric: must be ``True``: the one kind of checkpoint this saver writes (the argument keeps configs
+            written for ``CheckpointSaver`` valid).
+        key_metric_name: the ``engine.state.metrics`` entry to compare; ``None`` for the evaluator's key metric.
+        key_metric_n_saved: how many of the best checkpoints to keep.
+        key_metric_filename: a fixed file name for the best checkpoint (then ``key_metric_n_saved`` must be 1);
+            ``None`` names files ``<prefix>_<name>_key_metric=<score>.pt`` as ``CheckpointSaver`` does.
+        key_metric_greater_or_equal: replace the kept checkpoint on an equal score too.
+        key_metric_negative_sign: smaller is better (compare the negated metric).
+        file_prefix: prefix of the generated file names.
+    """
+
+    rank_zero_only = True
+
+    def __init__(
+        self,
+        save_dir: str,
+        save_dict: dict,
+        save_key_metric: bool = True,
+        key_metric_name: str | None = None,
+        key_metric_n_saved: int = 1,
+        key_metric_filename: str | None = None,
+        key_metric_greater_or_equal: bool = False,
+        key_metric_negative_sign: bool = False,
+        file_prefix: str = "",
+    ) -> None:
+        if not save_key_metric:
+            raise ValueError(
+                "AtomicCheckpointSaver writes the best key-metric checkpoint only (save_key_metric=True); "
+                "use MONAI's CheckpointSaver for interval or final checkpoints."
+            )
+        if key_metric_filename is not None and key_metric_n_saved != 1:
+            raise ValueError(
+                "AtomicCheckpointSaver: a fixed key_metric_filename keeps one model, key_metric_n_saved=1."
+            )
+        if not save_dict:
+            raise ValueError("AtomicCheckpointSaver: save_dict names no object to save.")
+        self.key_metric_name = key_metric_name
+        self.sign = -1.0 if key_metric_negative_sign else 1.0
+        self.checkpoint = Checkpoint(
+            to_save=save_dict,
+            save_handler=_AtomicDiskSaver(save_dir, key_metric_filename),
+            filename_prefix=file_prefix,
+            score_function=self.score,
+            score_name="key_metric",
+            n_saved=key_metric_n_saved,
+            filename_pattern=key_metric_filename,
+            greater_or_equal=key_metric_greater_or_equal,
+        )
+
+    def score(self, engine: Engine) -> float:
+        """The (signed) key metric of ``engine``'s epoch; ``-1`` (never better) for a non-scalar metric, with a
+        warning, as ``CheckpointSaver`` does."""
+        name = self.key_metric_name or getattr(engine.state, "key_metric_name", None)
+        if name is None:
+            raise ValueError("AtomicCheckpointSaver: no key_metric_name given and the engine has no key metric.")
+        metric = engine.state.metrics[name]
+        if not is_scalar(metric):
+            logger.warning(f"key metric {name} is not a scalar ({metric}): no checkpoint is saved for it.")
+            return -1.0
+        return self.sign * float(metric)
+
+    def attach(self, engine: Engine) -> None:
+        """Compare and save at the end of every epoch of ``engine`` (the evaluator)."""
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.checkpoint)
 
     def state_dict(self) -> dict:
-        """The key-metric tracking list (scores and file names of the kept best checkpoints)."""
-        if self._key_metric_checkpoint is None:
-            return {"_saved": []}
-        return self._key_metric_checkpoint.state_dict()
+        """The kept checkpoints' scores and file names (ignite ``Checkpoint.state_dict``)."""
+        return self.checkpoint.state_dict()
+
+    def load_state_dict(self, state_dict: Mapping) -> None:
+        """Restore :meth:`state_dict`, e.g. from the training state of an interrupted run."""
+        self.checkpoint.load_state_dict(state_dict)
 
 
 class BestMetricState:
@@ -152,7 +215,7 @@ class BestMetricState:
 
 
 def _present(objects: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Drop ``None`` entries (items switched off with ``_disabled_``, e.g. MLflow handlers on ranks > 0)."""
+    """Drop ``None`` entries (items switched off with ``_disabled_``)."""
     return {name: value for name, value in (objects or {}).items() if value is not None}
 
 
@@ -166,11 +229,12 @@ class TrainingStateSaver:
     Args:
         checkpoint_path: the file, e.g. ``$@ckpt_dir + '/training_state.pt'``.
         objects: name -> object with ``state_dict()`` (network, optimizer, lr_scheduler, evaluator best metric,
-            ``AtomicCheckpointSaver``, MLflow handler, registry handler...). ``None`` values are skipped.
+            ``AtomicCheckpointSaver``, MLflow run, registry handler...). ``None`` values are skipped.
         save_interval: epochs between saves.
         engine_key: the name of the trainer's own entry.
-        rank_zero_only: in a ``torch.distributed`` run, only rank 0 writes (all ranks hold the same state).
     """
+
+    rank_zero_only = True
 
     def __init__(
         self,
@@ -178,7 +242,6 @@ class TrainingStateSaver:
         objects: Mapping[str, Any],
         save_interval: int = 1,
         engine_key: str = "trainer",
-        rank_zero_only: bool = True,
     ) -> None:
         if save_interval < 1:
             raise ValueError(f"TrainingStateSaver: save_interval must be >= 1, got {save_interval}.")
@@ -186,15 +249,12 @@ class TrainingStateSaver:
         self.objects = _present(objects)
         self.save_interval = save_interval
         self.engine_key = engine_key
-        self.rank_zero_only = rank_zero_only
 
     def attach(self, engine: Engine) -> None:
         """Save at the end of every ``save_interval``-th epoch of ``engine``."""
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self)
 
     def __call__(self, engine: Engine) -> None:
-        if self.rank_zero_only and not is_rank0():
-            return
         state = {name: obj.state_dict() for name, obj in {**self.objects, self.engine_key: engine}.items()}
         save_checkpoint_atomically(state, self.checkpoint_path)
         logger.info(f"saved the training state of epoch {engine.state.epoch} to {self.checkpoint_path}")
@@ -216,6 +276,8 @@ class TrainingStateLoader(CheckpointLoader):
         engine_key: the name of the trainer's own entry.
         map_location: ``torch.load`` map location (e.g. ``@device``).
     """
+
+    rank_zero_only = False
 
     def __init__(
         self,

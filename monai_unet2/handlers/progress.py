@@ -42,6 +42,8 @@ class EpochProgressBar(ProgressBar):
         tqdm_kwargs: further ``tqdm`` arguments (``ncols``, ``file``...).
     """
 
+    rank_zero_only = True
+
     def __init__(
         self,
         output_transform: Callable[[Any], Any] | None = None,

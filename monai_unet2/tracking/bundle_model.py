@@ -18,6 +18,10 @@ from typing import Any
 import torch
 from monai.bundle import ConfigParser
 
+from monai_unet2.data.seg_description import SegDescription
+
+from .settings import configure_http_client, read_bundle_version
+
 __all__ = [
     "BUNDLE_ARTIFACT",
     "build_inference_parser",
@@ -26,8 +30,10 @@ __all__ = [
     "is_mlflow_uri",
     "load_model",
     "local_weights",
-    "resolve_model_source",
+    "registered_version",
+    "seg_description",
     "stage_bundle",
+    "weights_origin",
 ]
 
 #: the name of the pyfunc artifact that holds the bundle folder (``<model>/artifacts/bundle``)
@@ -35,6 +41,7 @@ BUNDLE_ARTIFACT = "bundle"
 _MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
 _FILE_LOADERS = {"LoadImaged", "LoadImage", "SafeLoadImaged", "SafeLoadImage"}
 _downloads: dict[tuple[str, str | None], Path] = {}
+_origins: dict[tuple[str, str | None], str] = {}
 
 
 def is_mlflow_uri(path: str | os.PathLike) -> bool:
@@ -66,31 +73,38 @@ def stage_bundle(
     return target
 
 
-def resolve_model_source(model_uri: str, tracking_uri: str | None = None) -> str:
-    """The artifact URI behind ``models:/<name>@<alias>`` or ``models:/<name>/<version>``; other URIs unchanged.
+def registered_version(model_uri: str, tracking_uri: str | None = None) -> tuple[str, str] | None:
+    """``(name, version)`` of the registered version behind ``models:/<name>@<alias>`` or ``models:/<name>/<version>``;
+    ``None`` for other URIs.
 
-    MLflow's own ``models:/`` resolution reads the process-wide registry URI; resolving here with an explicit
-    client lets a bundle pass its ``tracking_uri`` without changing global MLflow state.
+    Args:
+        model_uri: MLflow model URI.
+        tracking_uri: tracking (and registry) URI; ``None`` uses ``MLFLOW_TRACKING_URI``.
     """
     if not model_uri.startswith("models:/"):
-        return model_uri
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        return None
     reference = model_uri[len("models:/") :].strip("/")
     if "@" in reference:
+        from mlflow import MlflowClient
+
         name, alias = reference.split("@", 1)
-        version = client.get_model_version_by_alias(name, alias).version
-    elif "/" in reference:
+        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        return name, str(client.get_model_version_by_alias(name, alias).version)
+    if "/" in reference:
         name, version = reference.rsplit("/", 1)
-    else:
-        raise ValueError(f"{model_uri}: expected models:/<name>@<alias> or models:/<name>/<version>.")
-    return client.get_model_version_download_uri(name, version)
+        return name, version
+    raise ValueError(f"{model_uri}: expected models:/<name>@<alias> or models:/<name>/<version>.")
 
 
 def download_bundle(model_uri: str, tracking_uri: str | None = None) -> Path:
     """Download a registered version (``models:/<name>@champion``, ``models:/<name>/3``, ``runs:/...``) once per
     process and return its bundle folder.
+
+    ``models:/`` URIs are resolved here with an explicit client rather than by MLflow, whose own resolution reads the
+    process-wide registry URI: a bundle passes its ``tracking_uri`` without changing global MLflow state.
+
+    An alias is resolved once: the version it named then is the one downloaded, and the one
+    :func:`weights_origin` reports for the rest of the process.
 
     Args:
         model_uri: MLflow model URI.
@@ -98,10 +112,18 @@ def download_bundle(model_uri: str, tracking_uri: str | None = None) -> Path:
     """
     import mlflow
 
+    configure_http_client()
     key = (model_uri, tracking_uri)
     if key not in _downloads or not _downloads[key].is_dir():
         target = tempfile.mkdtemp(prefix="monai_unet2_model_")
-        source = resolve_model_source(model_uri, tracking_uri)
+        registered = registered_version(model_uri, tracking_uri)
+        source = model_uri
+        if registered is not None:
+            from mlflow import MlflowClient
+
+            client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+            source = client.get_model_version_download_uri(*registered)
+            _origins[key] = f"models:/{registered[0]}/{registered[1]}"
         local = Path(
             mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=target, tracking_uri=tracking_uri)
         )
@@ -113,6 +135,51 @@ def download_bundle(model_uri: str, tracking_uri: str | None = None) -> Path:
             )
         _downloads[key] = bundle
     return _downloads[key]
+
+
+def weights_origin(ckpt_path: str | os.PathLike, tracking_uri: str | None = None) -> tuple[str | None, str | None]:
+    """Where a bundle's weights come from: ``(bundle version, source)``.
+
+    For a registry URI the weights are downloaded (once per process, shared with :func:`local_weights`): the bundle
+    version is the one the registered bundle was trained as, the source the exact version
+    (``models:/<name>/<version>``, an alias resolved). For a local file both are ``None`` (the bundle's own).
+
+    Args:
+        ckpt_path: a ``model.pt`` path or an MLflow model URI.
+        tracking_uri: tracking/registry URI to resolve ``models:/`` against.
+    """
+    if not is_mlflow_uri(ckpt_path):
+        return None, None
+    bundle = download_bundle(str(ckpt_path), tracking_uri)
+    origin = _origins.get((str(ckpt_path), tracking_uri), str(ckpt_path))
+    return read_bundle_version(bundle), origin
+
+
+def seg_description(
+    bundle_root: str | os.PathLike, ckpt_path: str | os.PathLike, tracking_uri: str | None = None
+) -> SegDescription:
+    """What a bundle's DICOM SEG outputs record: the segment codes, colours and descriptions of its
+    ``metadata.json`` and the algorithm: the bundle name and version, plus the registry version when the weights come
+    from MLflow (AlgorithmVersion ``"0.1.0 (registered v3)"``, AlgorithmSource ``models:/<name>/3``).
+
+    It lives here because only tracking knows which registry version ``--ckpt_path models:/<name>@champion`` is.
+    Use in ``inference.json`` as ``"$monai_unet2.tracking.seg_description(@bundle_root, @ckpt_path, @tracking_uri)"``.
+
+    Args:
+        bundle_root: the bundle folder.
+        ckpt_path: the weights (``@ckpt_path``): a file or an MLflow model URI.
+        tracking_uri: tracking/registry URI.
+    """
+    from monai_unet2.bundle_config import read_metadata
+
+    metadata = read_metadata(bundle_root)
+    registered_bundle_version, source = weights_origin(ckpt_path, tracking_uri)
+    version = str(metadata.get("version", ""))
+    if source is not None and source.startswith("models:/"):
+        version = f"{registered_bundle_version} (registered v{source.rsplit('/', 1)[-1]})"
+    elif source is not None:
+        version = f"{registered_bundle_version} ({source})"
+    return SegDescription.from_metadata(metadata, algorithm_version=version, algorithm_source=source)
 
 
 def local_weights(ckpt_path: str | os.PathLike, tracking_uri: str | None = None) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from .handlers import TrackedMLFlowHandler
+    from .run import MLflowRun
 
 __all__ = ["PredictionPreview", "render_preview"]
 
@@ -28,7 +28,7 @@ def _label_volume(value: Any) -> np.ndarray:
 
 
 def render_preview(
-    cases: list[tuple[np.ndarray, np.ndarray, np.ndarray]], path: str, title: str = "", slice_dim: int = 2
+    cases: list[tuple[np.ndarray, np.ndarray, np.ndarray]], path: str, title: str = "", slice_axis: int = 2
 ) -> int:
     """Draw image + label contour + prediction overlay of the slice with most foreground of each case into a PNG.
 
@@ -36,7 +36,7 @@ def render_preview(
         cases: ``(image, label, pred)`` triples of 3D arrays (H,W,D) of one volume each, or 2D images (H,W).
         path: PNG file to write.
         title: figure title (e.g. "epoch 5").
-        slice_dim: spatial axis to slice along (0, 1, 2).
+        slice_axis: spatial axis to slice along (0, 1, 2).
 
     Returns:
         the number of panels drawn.
@@ -51,10 +51,10 @@ def render_preview(
         if image.ndim == 2:  # a 2D bundle: the image is the slice
             index, take = 0, (slice(None), slice(None))
         else:
-            counts = (label > 0).sum(axis=tuple(i for i in range(3) if i != slice_dim))
-            index = int(counts.argmax()) if counts.max() > 0 else image.shape[slice_dim] // 2
+            counts = (label > 0).sum(axis=tuple(i for i in range(3) if i != slice_axis))
+            index = int(counts.argmax()) if counts.max() > 0 else image.shape[slice_axis] // 2
             take = [slice(None)] * 3
-            take[slice_dim] = index
+            take[slice_axis] = index
         image2d, label2d, pred2d = (np.asarray(v[tuple(take)], dtype=float).T for v in (image, label, pred))
         axis.imshow(image2d, cmap="gray", origin="lower")
         overlay = np.ma.masked_where(pred2d == 0, pred2d)
@@ -75,32 +75,35 @@ class PredictionPreview:
 
     Attach to the evaluator (``validate#handlers``); its post-processed output must hold ``image``, ``label`` and
     ``pred`` (one-hot or label maps). The evaluator's epoch is the trainer's, so the file is
-    ``previews/epoch_<trainer epoch>.png``; the last epoch of training is always drawn.
+    ``previews/epoch_<trainer epoch>.png``; the last epoch of training is always drawn. It runs on rank 0 only
+    (``rank_zero_only``).
 
     Args:
-        mlflow_handler: the run's :class:`~monai_unet2.tracking.TrackedMLFlowHandler` (run id, failure handling).
+        mlflow_run: the :class:`~monai_unet2.tracking.MLflowRun` to log into (run id, failure handling).
         interval: draw every ``interval`` epochs (and on the first and last).
         num_volumes: how many validation volumes to draw.
-        slice_dim: spatial axis to slice along.
+        slice_axis: spatial axis to slice along.
         max_epochs: the trainer's ``max_epochs``, to recognise the last epoch.
     """
 
+    rank_zero_only = True
+
     def __init__(
         self,
-        mlflow_handler: TrackedMLFlowHandler,
+        mlflow_run: MLflowRun,
         interval: int = 5,
         num_volumes: int = 2,
-        slice_dim: int = 2,
+        slice_axis: int = 2,
         max_epochs: int | None = None,
     ) -> None:
         if interval < 1 or num_volumes < 1:
             raise ValueError(
                 f"PredictionPreview: interval and num_volumes must be >= 1, got {interval}, {num_volumes}."
             )
-        self.mlflow_handler = mlflow_handler
+        self.mlflow_run = mlflow_run
         self.interval = interval
         self.num_volumes = num_volumes
-        self.slice_dim = slice_dim
+        self.slice_axis = slice_axis
         self.max_epochs = max_epochs
         self._cases: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
@@ -132,14 +135,14 @@ class PredictionPreview:
 
     def log_preview(self, engine: Any) -> None:
         """Render the kept volumes and log ``previews/epoch_<NNNN>.png`` to the run."""
-        run_id = self.mlflow_handler.run_id
+        run_id = self.mlflow_run.run_id
         if not self._cases or run_id is None:
             return
         epoch = engine.state.epoch
         with tempfile.TemporaryDirectory() as folder:
             path = os.path.join(folder, f"epoch_{epoch:04d}.png")
-            render_preview(self._cases, path, title=f"validation, epoch {epoch}", slice_dim=self.slice_dim)
-            self.mlflow_handler.guarded(
-                "logging the prediction preview", self.mlflow_handler.client.log_artifact, run_id, path, "previews"
+            render_preview(self._cases, path, title=f"validation, epoch {epoch}", slice_axis=self.slice_axis)
+            self.mlflow_run.guarded(
+                "logging the prediction preview", self.mlflow_run.client.log_artifact, run_id, path, "previews"
             )
         self._cases.clear()

@@ -1,7 +1,8 @@
 """Where runs are tracked and what identifies them: tracking URI, run names, versions, git commit, dataset digest.
 
 These helpers are called from the bundles' ``train.json`` (``"tracking_uri": "$monai_unet2.tracking.
-default_tracking_uri(@output_dir)"``) and by the tracking handlers. None of them talks to a tracking server.
+default_tracking_uri(@output_dir)"``) and by :class:`~monai_unet2.tracking.MLflowRun`. None of them talks to a
+tracking server.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from monai.utils import path_to_sqlite_uri
+
 __all__ = [
     "HTTP_CLIENT_DEFAULTS",
     "configure_http_client",
@@ -30,16 +33,19 @@ __all__ = [
 ]
 
 #: MLflow's own defaults retry a dead server 7 times with exponential back-off (minutes of stalled training) and
-#: wait 120 s per request; a training loop wants to learn quickly that the server is gone.
+#: wait 120 s per request; a training loop wants to learn quickly that the server is gone. MLflow also draws a
+#: progress bar for every artifact download or upload (about 30 lines per registered version in a log): off.
 HTTP_CLIENT_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
 
 
 def configure_http_client() -> None:
-    """Shorten MLflow's HTTP retries and timeout (:data:`HTTP_CLIENT_DEFAULTS`) unless the user set them already."""
+    """Shorten MLflow's HTTP retries and timeout and switch its artifact progress bars off
+    (:data:`HTTP_CLIENT_DEFAULTS`), unless the user set them already."""
     for name, value in HTTP_CLIENT_DEFAULTS.items():
         os.environ.setdefault(name, value)
 
@@ -48,9 +54,10 @@ def default_tracking_uri(output_dir: str | os.PathLike, create: bool = True) -> 
     """The tracking URI a bundle run uses when none is given on the command line.
 
     ``MLFLOW_TRACKING_URI`` wins when set (a shared server); otherwise an embedded SQLite database
-    ``<output_dir>/mlflow.db`` with an absolute path, so the run lands in the bundle's ``eval/`` whatever the
-    working directory is (MLflow 3 refuses the ``./mlruns`` file store). Also applies
-    :func:`configure_http_client`.
+    ``<output_dir>/mlflow.db`` with an absolute path (MONAI's ``path_to_sqlite_uri``), so the run lands in the
+    bundle's ``eval/`` whatever the working directory is (MLflow 3 refuses the ``./mlruns`` file store); MONAI's
+    ``MLFlowHandler`` keeps the artifacts beside it in ``mlruns/``. The folder is created, since SQLite does not
+    create it. Also applies :func:`configure_http_client`.
 
     Args:
         output_dir: the bundle's output directory (``@output_dir``).
@@ -63,14 +70,7 @@ def default_tracking_uri(output_dir: str | os.PathLike, create: bool = True) -> 
     directory = Path(output_dir).expanduser().resolve()
     if create:
         directory.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{(directory / 'mlflow.db').as_posix()}"
-
-
-def artifact_location_for(tracking_uri: str) -> str | None:
-    """Artifact root for a new experiment: ``<db dir>/mlartifacts`` beside a SQLite database, else the server's."""
-    if tracking_uri.startswith("sqlite:///"):
-        return (Path(tracking_uri[len("sqlite:///") :]).parent / "mlartifacts").as_uri()
-    return None
+    return path_to_sqlite_uri(directory / "mlflow.db")
 
 
 def unique_run_name(prefix: str = "run") -> str:

@@ -1,8 +1,11 @@
-"""monai_unet2.transforms: dictionary (and array) transforms: safe loading and checks, DICOM SEG loading, 2.5D slice
-sampling, signed distance maps and saving. The readers and writers behind them are in :mod:`monai_unet2.data`."""
+"""monai_unet2.transforms: dictionary (and array) transforms: safe loading and checks, the modality guard, DICOM SEG
+loading, per-channel intensity normalisation, case naming, 2.5D slice sampling, signed distance maps and saving.
+The readers and writers behind them are in :mod:`monai_unet2.data`."""
 
 from .checks import CheckVolumeD, CheckVolumed, CheckVolumeDict, grid_distance_mm
 from .distance import SignedDistanceMapd, signed_distance_map
+from .guards import CheckModalityD, CheckModalityd, CheckModalityDict
+from .intensity import ChannelNormalize, ChannelNormalizeD, ChannelNormalized, ChannelNormalizeDict
 from .io import (
     LoadDicomSegD,
     LoadDicomSegd,
@@ -15,6 +18,7 @@ from .io import (
     SaveSegmentationd,
     SaveSegmentationDict,
 )
+from .naming import CaseNameD, CaseNamed, CaseNameDict
 from .slices import (
     RandSliceWithContextD,
     RandSliceWithContextd,
@@ -27,6 +31,16 @@ from .slices import (
 )
 
 __all__ = [
+    "CaseNameD",
+    "CaseNameDict",
+    "CaseNamed",
+    "ChannelNormalize",
+    "ChannelNormalizeD",
+    "ChannelNormalizeDict",
+    "ChannelNormalized",
+    "CheckModalityD",
+    "CheckModalityDict",
+    "CheckModalityd",
     "CheckVolumeD",
     "CheckVolumeDict",
     "CheckVolumed",

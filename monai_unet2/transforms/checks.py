@@ -16,12 +16,12 @@ import logging
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from monai.utils import ensure_tuple_rep
 
+from monai_unet2.data.affines import grid_distance_mm
 from monai_unet2.data.volumes import VolumeFileError
 
 __all__ = ["CheckVolumeD", "CheckVolumeDict", "CheckVolumed", "grid_distance_mm"]
@@ -29,31 +29,6 @@ __all__ = ["CheckVolumeD", "CheckVolumeDict", "CheckVolumed", "grid_distance_mm"
 logger = logging.getLogger(__name__)
 
 NONFINITE_POLICIES = (False, "zero")
-
-
-def grid_distance_mm(affine_a: Any, affine_b: Any, spatial_shape: Sequence[int]) -> float:
-    """The largest distance (in world units, mm for NIfTI/DICOM) between where two affines put the same voxel,
-    over a grid of ``spatial_shape``.
-
-    The displacement between two affine maps is itself affine, so its largest norm over the grid's bounding box is
-    reached at one of the ``2 ** spatial_dims`` corner voxels; those are the only points evaluated.
-
-    Args:
-        affine_a: voxel-to-world matrix, ``(r + 1, r + 1)``.
-        affine_b: voxel-to-world matrix of the same size.
-        spatial_shape: grid size; corners are the voxel centres ``0`` and ``size - 1`` along each axis.
-    """
-    a = np.asarray(affine_a.detach().cpu() if isinstance(affine_a, torch.Tensor) else affine_a, dtype=np.float64)
-    b = np.asarray(affine_b.detach().cpu() if isinstance(affine_b, torch.Tensor) else affine_b, dtype=np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"affines of different sizes: {a.shape} and {b.shape}")
-    rank = a.shape[0] - 1
-    extents = [max(int(size) - 1, 0) for size in spatial_shape][:rank]
-    extents += [0] * (rank - len(extents))
-    corners = np.array(np.meshgrid(*[[0, extent] for extent in extents], indexing="ij")).reshape(rank, -1)
-    homogeneous = np.vstack([corners, np.ones((1, corners.shape[1]))])
-    displacement = (a - b)[:rank] @ homogeneous
-    return float(np.linalg.norm(displacement, axis=0).max())
 
 
 def _filename(value: Any, key: Hashable) -> str:
@@ -75,7 +50,9 @@ class CheckVolumed(MapTransform):
     3. finite intensities: NaN/Inf are an error, or with ``allow_nonfinite="zero"`` are replaced by 0 and logged
        (a documented tolerance for scanners that write NaN outside the field of view);
     4. for ``label_key``: every value is in ``expected_labels`` (the message lists the unexpected values and their
-       voxel counts).
+       voxel counts);
+    5. every spatial size is at least ``min_spatial_size`` (a 1 x 1 image is no fundus photograph: the network would
+       segment padding).
 
     Then every other key must share the geometry of ``reference_key``: the same spatial shape, and affines that put
     every voxel within ``affine_tolerance`` (mm) of the same place (see :func:`grid_distance_mm`).
@@ -92,6 +69,8 @@ class CheckVolumed(MapTransform):
             ``None`` to skip.
         affine_tolerance: largest allowed distance in mm between where two keys' affines put the same voxel.
         reference_key: the key whose geometry the others must match; default the first key that is not the label.
+        min_spatial_size: the smallest accepted size per spatial axis (one int for all axes, or one per axis with
+            ``None`` or 0 for "any"); ``None`` skips the check.
         allow_missing_keys: don't raise if a key is missing.
     """
 
@@ -105,6 +84,7 @@ class CheckVolumed(MapTransform):
         expected_channels: int | Sequence[int | None] | None = 1,
         affine_tolerance: float = 1e-3,
         reference_key: str | None = None,
+        min_spatial_size: int | Sequence[int | None] | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -121,6 +101,7 @@ class CheckVolumed(MapTransform):
         if reference_key is None:
             reference_key = next((key for key in self.keys if key != label_key), self.keys[0])
         self.reference_key = reference_key
+        self.min_spatial_size = min_spatial_size
 
     def _check_shape(self, array: torch.Tensor, name: str, channels: int | None) -> None:
         meta = getattr(array, "meta", {})
@@ -141,6 +122,18 @@ class CheckVolumed(MapTransform):
                 hint = f"; a 4D file (time series or multi-component, {shape[0]} volumes) where a 3D volume is expected"
             raise VolumeFileError(
                 f"{name}: expected {channels} channel(s), got {shape[0]} (channel-first array shape {shape}){hint}"
+            )
+
+    def _check_size(self, array: torch.Tensor, name: str) -> None:
+        if self.min_spatial_size is None:
+            return
+        spatial = tuple(int(s) for s in array.shape[1:])
+        minimum = ensure_tuple_rep(self.min_spatial_size, len(spatial))
+        if any(m and size < m for size, m in zip(spatial, minimum)):
+            wanted = " x ".join(str(m) if m else "any" for m in minimum)
+            raise VolumeFileError(
+                f"{name}: too small to segment: spatial size {' x '.join(map(str, spatial))}, the network needs at "
+                f"least {wanted} (min_spatial_size)"
             )
 
     def _check_finite(self, array: torch.Tensor, name: str) -> torch.Tensor:
@@ -198,6 +191,7 @@ class CheckVolumed(MapTransform):
                 )
             name = _filename(array, key)
             self._check_shape(array, name, channels)
+            self._check_size(array, name)
             d[key] = self._check_finite(array, name)
             if key == self.label_key:
                 self._check_labels(d[key], name)

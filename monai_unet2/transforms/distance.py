@@ -112,7 +112,7 @@ class SignedDistanceMapd(MapTransform):
       channel 0 (background) dropped unless ``include_background=True``;
     - binary ``(1, *spatial)`` with values 0/1 and ``num_classes=None``: one channel.
 
-    The output channel order matches the prediction channels that ``DiceBCEBoundaryLoss`` uses for the boundary
+    The output channel order matches the prediction channels that ``DiceCEBoundaryLoss`` uses for the boundary
     term. The voxel spacing comes from ``spacing`` if given, else from ``data[spacing_key]``, else from the label's
     ``MetaTensor.pixdim`` (its affine), else 1.
 
@@ -197,6 +197,6 @@ class SignedDistanceMapd(MapTransform):
             maps = np.stack([signed_distance_map(m, spacing, self.slice_axis) for m in masks])
             out = torch.from_numpy(maps)
             if isinstance(label, MetaTensor):
-                out = MetaTensor(out, affine=label.affine, meta=label.meta)
+                out = MetaTensor(out, meta=label.meta)  # the meta holds the affine: passing both warns
             d[output_key] = out
         return d

@@ -15,8 +15,10 @@ task finds loaders and drops savers in a bundle's pipeline with ``isinstance``.
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Hashable, Mapping, Sequence
+from pydoc import locate
 from typing import Any
 
 import numpy as np
@@ -24,11 +26,16 @@ import torch
 from monai.config import DtypeLike, KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import LoadImage, LoadImaged, MapTransform, SaveImaged
-from monai.utils import MetaKeys
+from monai.utils import MetaKeys, ensure_tuple, optional_import
+from monai.utils.enums import PostFix
 
 from monai_unet2.data.dicom_checks import DicomSeriesError
 from monai_unet2.data.dicom_seg import DicomSegError, seg_to_grid
+from monai_unet2.data.images2d import DEFAULT_MAX_PIXELS
+from monai_unet2.data.nifti_checks import DEFAULT_QFORM_SFORM_TOLERANCE
 from monai_unet2.data.outputs import SegmentationWriter
+from monai_unet2.data.reading import header_problem, input_family, pick_reader
+from monai_unet2.data.seg_description import SegDescription
 from monai_unet2.data.volumes import (
     DEFAULT_MAX_MEMORY_FRACTION,
     DEFAULT_MEMORY_PER_VOXEL,
@@ -36,6 +43,8 @@ from monai_unet2.data.volumes import (
     describe_read_error,
     memory_refusal,
 )
+
+DEFAULT_POST_FIX = PostFix.meta()
 
 __all__ = [
     "LoadDicomSegD",
@@ -52,39 +61,98 @@ __all__ = [
 
 
 class SafeLoadImage(LoadImage):
-    """``monai.transforms.LoadImage`` whose read failures name the file: any error while reading becomes a
-    :class:`~monai_unet2.data.VolumeFileError` ``"<path>: cannot read image (<cause>: <original error>)"``, chained to the original.
+    """``monai.transforms.LoadImage`` that reads each input with the reader its content calls for, and refuses in one
+    line naming the file whatever it cannot read correctly.
 
-    Errors that already name the file (:class:`VolumeFileError`,
-    :class:`~monai_unet2.data.DicomSeriesError`) pass through unchanged. Before reading, a
-    volume whose header promises more voxels than memory allows is refused
-    (:func:`~monai_unet2.data.memory_refusal`), so a huge file gives a message instead of a SIGKILL
-    from the OOM killer.
+    Before reading: the content decides the reader (:func:`~monai_unet2.data.reading.input_family`: gzip, NIfTI,
+    DICOM preamble or folder, PNG/TIFF/JPEG signatures...), so a NIfTI input is never offered to the DICOM reader
+    first and a text file named ``.nii.gz`` is refused as a text file; the header is checked
+    (:func:`~monai_unet2.data.reading.header_problem`: complex or RGB NIfTI voxels, an affine that is no grid, scaling
+    that overflows float32, qform/sform disagreement as a warning; 2D decompression bombs and multi-frame files); and
+    a volume too large for memory, after resampling to ``target_spacing`` when given, is refused
+    (:func:`~monai_unet2.data.memory_refusal`). Any error while reading becomes a
+    :class:`~monai_unet2.data.VolumeFileError` ``"<path>: cannot read image (<cause>: <original error>)"``, chained to
+    the original; errors that already name the file (``VolumeFileError``, ``DicomSeriesError``) pass through.
+
+    ``reader`` and ``args`` / ``kwargs`` are ``LoadImage``'s, with one difference: when a reader class or name is
+    given, the arguments go to that reader only. ``LoadImage`` also passes them to each of MONAI's default readers,
+    which forward unknown keywords to their library (``nibabel.load(path, allow_duplicates=...)``) and then fail on
+    every other input. Arguments given with a reader instance are an error (``LoadImage`` ignores them).
 
     Args:
-        args: those of ``LoadImage``.
-        memory_per_voxel: bytes the pipeline needs per input voxel (default 24).
+        reader: reader(s) to register (class, dotted name or instance); the content decides which one reads an input.
+        image_only, dtype, ensure_channel_first, simple_keys, prune_meta_pattern, prune_meta_sep, expanduser: those
+            of ``LoadImage``.
+        args: positional arguments for the given reader.
+        memory_per_voxel: bytes the pipeline needs per voxel (default 24).
         max_memory_fraction: largest fraction of the available memory a volume may need; ``None``: no check.
-        kwargs: those of ``LoadImage``.
+        target_spacing: the spacing (mm) the pipeline resamples to (the ``pixdim`` of its ``Spacingd``), so the
+            memory guard judges the resampled size; ``None`` when it does not resample.
+        qform_sform_tolerance: warn, naming the file and the distance, when a NIfTI's qform and sform place a voxel
+            further apart than this (mm).
+        kwargs: keyword arguments for the given reader.
     """
 
     def __init__(
         self,
+        reader: Any = None,
+        image_only: bool = True,
+        dtype: DtypeLike | None = np.float32,
+        ensure_channel_first: bool = False,
+        simple_keys: bool = False,
+        prune_meta_pattern: str | None = None,
+        prune_meta_sep: str = ".",
+        expanduser: bool = True,
         *args: Any,
         memory_per_voxel: float = DEFAULT_MEMORY_PER_VOXEL,
         max_memory_fraction: float | None = DEFAULT_MAX_MEMORY_FRACTION,
+        target_spacing: Sequence[float] | float | None = None,
+        qform_sform_tolerance: float = DEFAULT_QFORM_SFORM_TOLERANCE,
         **kwargs: Any,
     ) -> None:
-        super().__init__(*args, **kwargs)
+        defaults = (
+            image_only,
+            dtype,
+            ensure_channel_first,
+            simple_keys,
+            prune_meta_pattern,
+            prune_meta_sep,
+            expanduser,
+        )
+        if reader is None:
+            super().__init__(None, *defaults, *args, **kwargs)
+        else:
+            super().__init__(None, *defaults)
+        for given in ensure_tuple(reader) if reader is not None else ():
+            if isinstance(given, str):
+                found, builtin = optional_import("monai.data", name=given)
+                given = found if builtin else locate(given)
+                if given is None:
+                    raise ValueError(f"SafeLoadImage: unknown reader {reader!r}")
+            if inspect.isclass(given):
+                given = given(*args, **kwargs)
+            elif args or kwargs:
+                raise ValueError(
+                    f"SafeLoadImage: reader arguments {list(kwargs) or list(args)} given with a reader instance "
+                    f"({type(given).__name__}) would be ignored: pass them to the reader itself"
+                )
+            self.register(given)
         self.memory_per_voxel = memory_per_voxel
         self.max_memory_fraction = max_memory_fraction
+        self.target_spacing = target_spacing
+        self.qform_sform_tolerance = qform_sform_tolerance
 
     def __call__(self, filename: Any, reader: Any = None) -> Any:
-        refusal = memory_refusal(filename, self.memory_per_voxel, self.max_memory_fraction)
+        family = input_family(filename)
+        chosen = reader if reader is not None else pick_reader(self.readers, family, filename)
+        refusal = memory_refusal(filename, self.memory_per_voxel, self.max_memory_fraction, self.target_spacing)
+        if refusal is None:
+            max_pixels = getattr(chosen, "max_pixels", DEFAULT_MAX_PIXELS)
+            refusal = header_problem(filename, family, max_pixels, self.qform_sform_tolerance)
         if refusal is not None:
             raise VolumeFileError(refusal)
         try:
-            return super().__call__(filename, reader)
+            return super().__call__(filename, chosen)
         except (VolumeFileError, DicomSeriesError):
             raise
         except Exception as error:
@@ -92,36 +160,81 @@ class SafeLoadImage(LoadImage):
 
 
 class SafeLoadImaged(LoadImaged):
-    """``monai.transforms.LoadImaged`` with :class:`SafeLoadImage` as its loader: a truncated or corrupt file gives a
-    :class:`~monai_unet2.data.VolumeFileError` naming the file instead of a bare ``EOFError`` from gzip.
+    """``monai.transforms.LoadImaged`` with :class:`SafeLoadImage` as its loader: each input read by the reader its
+    content calls for, and refused in one line naming the file when it cannot be read correctly.
 
     A subclass (not a wrapper) so code that looks for ``LoadImaged`` in a pipeline with ``isinstance`` (MONAI
-    Label's bundle inference task) still recognises it. The loader ``LoadImaged`` built is re-classed by copying its
-    state, so its registered readers are reused rather than constructed twice.
+    Label's bundle inference task) still recognises it.
 
     Args:
         keys: keys of the file names to load.
-        args: those of ``LoadImaged``.
-        memory_per_voxel: bytes the pipeline needs per input voxel; with ``max_memory_fraction`` it decides which
+        reader: as for :class:`SafeLoadImage`: its keyword arguments (``kwargs``) go to this reader only, e.g.
+            ``allow_duplicates`` or ``series_uid`` for ``DicomSeriesReader``, ``channels`` for ``Image2DReader``.
+        dtype, meta_keys, meta_key_postfix, overwriting, image_only, ensure_channel_first, simple_keys,
+            prune_meta_pattern, prune_meta_sep, allow_missing_keys, expanduser: those of ``LoadImaged``.
+        args: positional arguments for the given reader.
+        memory_per_voxel: bytes the pipeline needs per voxel; with ``max_memory_fraction`` it decides which
             volumes are refused before reading (see :class:`SafeLoadImage`).
         max_memory_fraction: largest fraction of the available memory a volume may need; ``None``: no check.
-        kwargs: those of ``LoadImaged``.
+        target_spacing: the ``pixdim`` of the pipeline's ``Spacingd``, so that the memory guard judges the size after
+            resampling.
+        qform_sform_tolerance: see :class:`SafeLoadImage`.
+        kwargs: keyword arguments for the given reader.
     """
 
     def __init__(
         self,
         keys: KeysCollection,
+        reader: Any = None,
+        dtype: DtypeLike | None = np.float32,
+        meta_keys: KeysCollection | None = None,
+        meta_key_postfix: str = DEFAULT_POST_FIX,
+        overwriting: bool = False,
+        image_only: bool = True,
+        ensure_channel_first: bool = False,
+        simple_keys: bool = False,
+        prune_meta_pattern: str | None = None,
+        prune_meta_sep: str = ".",
+        allow_missing_keys: bool = False,
+        expanduser: bool = True,
         *args: Any,
         memory_per_voxel: float = DEFAULT_MEMORY_PER_VOXEL,
         max_memory_fraction: float | None = DEFAULT_MAX_MEMORY_FRACTION,
+        target_spacing: Sequence[float] | float | None = None,
+        qform_sform_tolerance: float = DEFAULT_QFORM_SFORM_TOLERANCE,
         **kwargs: Any,
     ) -> None:
-        super().__init__(keys, *args, **kwargs)
-        safe_loader = SafeLoadImage.__new__(SafeLoadImage)
-        safe_loader.__dict__.update(self._loader.__dict__)
-        safe_loader.memory_per_voxel = memory_per_voxel
-        safe_loader.max_memory_fraction = max_memory_fraction
-        self._loader = safe_loader
+        super().__init__(
+            keys,
+            None,
+            dtype,
+            meta_keys,
+            meta_key_postfix,
+            overwriting,
+            image_only,
+            ensure_channel_first,
+            simple_keys,
+            prune_meta_pattern,
+            prune_meta_sep,
+            allow_missing_keys,
+            expanduser,
+        )
+        self._loader = SafeLoadImage(
+            reader,
+            image_only,
+            dtype,
+            ensure_channel_first,
+            simple_keys,
+            prune_meta_pattern,
+            prune_meta_sep,
+            expanduser,
+            *args,
+            memory_per_voxel=memory_per_voxel,
+            max_memory_fraction=max_memory_fraction,
+            target_spacing=target_spacing,
+            qform_sform_tolerance=qform_sform_tolerance,
+            **kwargs,
+        )
 
 
 class LoadDicomSegd(MapTransform):
@@ -201,8 +314,9 @@ class SaveSegmentationd(SaveImaged):
         binary: PNG only: write 0/255; ``None`` decides from ``label_names``, else from the values (max <= 1).
         meta_keys: metadata dict keys for non-MetaTensor values (default ``{key}_{meta_key_postfix}``).
         meta_key_postfix: see ``meta_keys``.
-        series_description: SeriesDescription of the DICOM SEG.
-        algorithm_name: algorithm recorded in the DICOM SEG.
+        seg_description: segment codes, colours and descriptions, series description and algorithm of the DICOM SEG
+            (``"$monai_unet2.tracking.seg_description(@bundle_root, @ckpt_path, @tracking_uri)"`` in a bundle);
+            ``None``: package defaults.
         fsync: flush each file to disk before renaming it.
         allow_missing_keys: don't raise if a key is missing.
     """
@@ -219,8 +333,7 @@ class SaveSegmentationd(SaveImaged):
         binary: bool | None = None,
         meta_keys: KeysCollection | None = None,
         meta_key_postfix: str = "meta_dict",
-        series_description: str = "Segmentation",
-        algorithm_name: str = "monai_unet2",
+        seg_description: SegDescription | None = None,
         fsync: bool = True,
         allow_missing_keys: bool = False,
     ) -> None:
@@ -232,8 +345,7 @@ class SaveSegmentationd(SaveImaged):
             resume,
             label_names,
             binary,
-            series_description,
-            algorithm_name,
+            seg_description,
             fsync,
         )
         super().__init__(
