@@ -1,7 +1,13 @@
 """Benchmark SlidingWindowSliceInferer against the bare network and MONAI's SliceInferer / 2.5D emulation.
 
-Run: ``.venv/bin/python benchmarks/inferer.py [--quick] [--threads N]``. Prints a markdown table of ratios measured
-side by side in one run and writes it to ``benchmarks/results/inferer.md``.
+Run: ``.venv/bin/python benchmarks/inferer.py [--quick] [--threads N] [--only-efficiency]``. Prints markdown tables
+of ratios measured side by side in one run and writes them to ``benchmarks/results/inferer.md``.
+
+The first table is the inferer's own cost with a cheap network, where it shows (issue 19): a 3-convolution
+network (5→32→32→3, 3×3, 3×3, 1×1) on a 240×240×155 volume, k = 2, 160² windows, overlap 0.25, sw_batch_size 8;
+efficiency = network alone over exactly the windows the inferer builds (recorded, same batches) / inferer, medians
+of interleaved rounds, at 1 and 2 threads, for the vectorised inferer (runs of slices; indexed gather), with
+``channels_last`` windows, and for the per-window loop this package used before (``loop_inferer`` below).
 
 What is measured (2D ``monai_unet2.networks.UNet``, base 32 features, random weights, eval mode, ``torch.no_grad``):
 
@@ -33,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -44,8 +51,9 @@ from monai.inferers import SliceInferer
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.timing import conditions, interleaved, write_result  # noqa: E402
 from monai_unet2.inferers import SlidingWindowSliceInferer  # noqa: E402
-from monai_unet2.inferers.slice_windows import neighbour_indices  # noqa: E402
+from monai_unet2.inferers.slice_windows import build_plane_window_grid, neighbour_indices  # noqa: E402
 
 SW_BATCH_SIZE = 8
 CONTEXT = 2
@@ -157,6 +165,114 @@ def time_configuration(shape, sub_slices, roi, overlap, net1, net5, repeats):
     }
 
 
+def cheap_network() -> torch.nn.Module:
+    """The issue's cheap network: three convolutions, 5 → 32 → 32 → 3 channels (random weights, eval mode)."""
+    torch.manual_seed(0)
+    layers = [torch.nn.Conv2d(5, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(32, 32, 3, padding=1)]
+    return torch.nn.Sequential(*layers, torch.nn.ReLU(), torch.nn.Conv2d(32, 3, 1)).eval()
+
+
+def loop_inferer(volume, network, roi, overlap, context, sw_batch_size=SW_BATCH_SIZE):
+    """The per-window algorithm used before issue 19 (D axis, no padding): for every window of a batch, one plane
+    copy per neighbour slice, and one ``addcmul_`` per window to blend."""
+    stack, target = volume.movedim(4, 2), None
+    grid = build_plane_window_grid(stack.shape[3:], roi, overlap, "constant", 0.125, volume.device)
+    neighbours = neighbour_indices(stack.shape[2], context).tolist()
+    total = stack.shape[0] * stack.shape[2] * len(grid)
+    for start in range(0, total, sw_batch_size):
+        places = [divmod(item, len(grid)) for item in range(start, min(start + sw_batch_size, total))]
+        batch = torch.empty((len(places), stack.shape[1] * (2 * context + 1), *grid.window_size))
+        for row, (slice_index, window) in enumerate(places):
+            region = stack[(0, slice(None), slice(None), *grid.source[window])]
+            stacked = batch[row].view(stack.shape[1], 2 * context + 1, *grid.window_size)
+            for position, index in enumerate(neighbours[slice_index]):
+                stacked[:, position].copy_(region[:, index])
+        prediction = network(batch)
+        if target is None:
+            output = torch.zeros((1, prediction.shape[1], *volume.shape[2:]))
+            target = output.movedim(4, 2)
+        for row, (slice_index, window) in enumerate(places):
+            target[(0, slice(None), slice_index, *grid.source[window])].addcmul_(prediction[row], grid.weights[window])
+    return output
+
+
+class ClockedNetwork(torch.nn.Module):
+    """Runs the network and adds up the CPU time of its calls, so that the network's share of one inferer run is
+    measured within that run (no pairing of runs taken at different moments of a shared machine)."""
+
+    def __init__(self, network: torch.nn.Module):
+        super().__init__()
+        self.network, self.inside, self.total = network, [], []
+
+    def forward(self, x):
+        started = time.process_time()
+        out = self.network(x)
+        self.inside[-1] += time.process_time() - started
+        return out
+
+    def run(self, method, volume):
+        self.inside.append(0.0)
+        started = time.process_time()
+        method(volume, self)
+        self.total.append(time.process_time() - started)
+
+    def share(self) -> float:
+        """Median over runs of (CPU time inside the network) / (CPU time of the whole inferer call)."""
+        return statistics.median(a / b for a, b in zip(self.inside, self.total))
+
+
+def efficiency_rows(threads: int, repeats: int, num_slices: int) -> list[str]:
+    """Efficiency and overhead of each way of building and blending windows, with the cheap network."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(1)
+    volume = torch.randn(1, 1, 240, 240, num_slices)
+    roi, overlap, network = (160, 160), 0.25, cheap_network()
+    methods = {
+        "vectorised, runs of slices (default on CPU)": SlidingWindowSliceInferer(
+            roi, SW_BATCH_SIZE, 2, CONTEXT, overlap, window_batching="runs"
+        ),
+        "vectorised, runs, channels_last windows": SlidingWindowSliceInferer(
+            roi, SW_BATCH_SIZE, 2, CONTEXT, overlap, window_batching="runs", channels_last=True
+        ),
+        "vectorised, one indexed gather / index_put_ (GPU default)": SlidingWindowSliceInferer(
+            roi, SW_BATCH_SIZE, 2, CONTEXT, overlap, window_batching="indexed"
+        ),
+        "per-window loop (before)": lambda x, net: loop_inferer(x, net, roi, overlap, CONTEXT),
+    }
+    batches, candidates, clocks = {}, {}, {}
+    with torch.no_grad():
+        for name, method in methods.items():
+            recorder = WindowRecorder(3, record=True)
+            method(volume, recorder)
+            batches[name] = recorder.batches
+            candidates[f"bare {name}"] = lambda b=recorder.batches: replay(network, b)
+            clocked = ClockedNetwork(network)
+            clocks[name] = clocked
+            candidates[name] = lambda m=method, c=clocked: c.run(m, volume)
+            candidates[f"null {name}"] = lambda m=method: m(volume, WindowRecorder(3))
+        reference = methods["per-window loop (before)"](volume, network)
+        differences = {name: (m(volume, network) - reference).abs().max().item() for name, m in methods.items()}
+        timings = interleaved(candidates, repeats)
+    rows = []
+    for name in methods:
+        rows.append(
+            f"| {threads} | {name} | {sum(b.shape[0] for b in batches[name])} | {timings.wall(name):.2f} | "
+            f"{timings.ratio(f'bare {name}', name, 'wall'):.3f} | {timings.ratio(f'bare {name}', name, 'cpu'):.3f} | "
+            f"{clocks[name].share():.3f} | {timings.cpu(f'null {name}') / timings.cpu(f'bare {name}'):.3f} | "
+            f"{differences[name]:.1e} |"
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
+EFFICIENCY_HEADER = [
+    "| threads | windows built and blended by | windows | inferer, median wall s | efficiency (wall) | "
+    "efficiency (CPU time) | network share of the inferer's own run (CPU) | overhead (null net / bare net, CPU) | "
+    "max abs diff vs loop |",
+    "|---|---|---|---|---|---|---|---|---|",
+]
+
+
 MEMORY_SCRIPT = """
 import json, sys, torch
 sys.path.insert(0, {repo!r})
@@ -202,11 +318,36 @@ def mib(n: float) -> str:
     return f"{n / 2**20:.0f}"
 
 
+def efficiency_table(quick: bool) -> None:
+    """The cheap-network table at 1 and 2 threads, printed and written to ``results/inferer_efficiency.md``."""
+    rounds, num_slices = (1, 24) if quick else (5, 155)
+    rows = []
+    for threads in (1, 2):
+        rows += efficiency_rows(threads, rounds, num_slices)
+    body = "\n".join(
+        [
+            f"Cheap network (3 convolutions 5→32→32→3), volume 240×240×{num_slices}, k = 2, 160² windows, overlap "
+            f"0.25, sw_batch_size {SW_BATCH_SIZE}; medians of {rounds} interleaved round(s); {conditions()}.",
+            "",
+            *EFFICIENCY_HEADER,
+            *rows,
+        ]
+    )
+    print("\n" + body)
+    write_result("inferer_efficiency", "SlidingWindowSliceInferer: its own cost with a cheap network", body)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer configurations and slices (under ~1 minute)")
+    parser.add_argument("--quick", action="store_true", help="fewer configurations and slices (under ~2 minutes)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: shared machine)")
+    parser.add_argument("--only-efficiency", action="store_true", help="only the cheap-network efficiency table")
+    parser.add_argument("--skip-efficiency", action="store_true", help="all but the cheap-network efficiency table")
     args = parser.parse_args()
+    if not args.skip_efficiency:
+        efficiency_table(args.quick)
+    if args.only_efficiency:
+        return
     torch.set_num_threads(args.threads)
     net1, net_name = make_unet(1)
     net5, _ = make_unet(2 * CONTEXT + 1)

@@ -1,4 +1,4 @@
-"""Window grid, neighbour-slice gathering and output selection for :class:`SlidingWindowSliceInferer`.
+"""Window grid, neighbour-slice indices and output selection for :class:`SlidingWindowSliceInferer`.
 
 The in-plane window grid is the same for every slice of a volume, so it is built once per call (and per view)
 together with the blending weights already divided by the overlap count: writing ``prediction * weight`` into the
@@ -8,18 +8,16 @@ output is then the whole stitching step, and no volume-sized count map is ever n
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from monai.data.utils import compute_importance_map, dense_patch_slices, get_valid_patch_size
-from monai.utils import BlendMode, PytorchPadMode, ensure_tuple_rep, fall_back_tuple, look_up_option
+from monai.utils import BlendMode, ensure_tuple_rep, fall_back_tuple, look_up_option
 
 __all__ = [
     "PlaneWindowGrid",
     "build_plane_window_grid",
-    "gather_window",
     "neighbour_indices",
     "plane_scan_interval",
     "select_output",
@@ -55,7 +53,8 @@ class PlaneWindowGrid:
         pad: ``F.pad`` amounts ``(left, right, top, bottom)`` applied to a window gathered from the plane, non-zero
             only along axes where the window is larger than the plane.
         source: per window, the region of the unpadded plane it reads (and writes back).
-        target: per window, where that region lies inside the window.
+        crop: where the source region lies inside the window; the same for every window (a window is larger
+            than the plane only along an axis where it is the only window).
         weights: ``(n_windows, 1, h, w)`` blending weights already divided by the overlap count, so that summing
             ``prediction * weight`` over windows gives the blended prediction.
     """
@@ -63,11 +62,25 @@ class PlaneWindowGrid:
     window_size: tuple[int, int]
     pad: tuple[int, int, int, int]
     source: list[tuple[slice, slice]]
-    target: list[tuple[slice, slice]]
+    crop: tuple[slice, slice]
     weights: torch.Tensor
+    _indices: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.source)
+
+    def source_indices(self, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(n_windows, h')`` row and ``(n_windows, w')`` column indices of every window's source region.
+
+        Args:
+            device: device of the indices (cached per device).
+        """
+        key = str(torch.device(device))
+        if key not in self._indices:
+            rows = torch.tensor([[*range(r.start, r.stop)] for r, _ in self.source], device=device)
+            cols = torch.tensor([[*range(c.start, c.stop)] for _, c in self.source], device=device)
+            self._indices[key] = (rows, cols)
+        return self._indices[key]
 
 
 def build_plane_window_grid(
@@ -77,6 +90,8 @@ def build_plane_window_grid(
     mode: BlendMode | str,
     sigma_scale: Sequence[float] | float,
     device: torch.device | str,
+    size_divisible_by: Sequence[int] | int = 1,
+    min_roi_size: Sequence[int] | int | None = None,
 ) -> PlaneWindowGrid:
     """Build the window grid of a plane with MONAI's ``dense_patch_slices`` and ``compute_importance_map``.
 
@@ -91,9 +106,21 @@ def build_plane_window_grid(
         mode: ``"constant"`` or ``"gaussian"`` blending.
         sigma_scale: Gaussian sigma as a fraction of the window size (MONAI's default is 0.125).
         device: device of the weights (the device the network runs on).
+        size_divisible_by: window sizes taken from the plane (``None`` / 0 / -1 entries of ``roi_size``) are rounded
+            up to a multiple of this, one value or one per axis; the window is then larger than the plane and
+            padded.
+        min_roi_size: lower bound of window sizes taken from the plane (e.g. the training window), one value or
+            one per axis; ``None`` for none.
     """
     plane = tuple(int(s) for s in plane_size)
     roi = fall_back_tuple(roi_size, plane)
+    from_plane = [r is None or int(r) <= 0 for r in ensure_tuple_rep(roi_size, 2)]
+    multiples = ensure_tuple_rep(size_divisible_by, 2)
+    lower = ensure_tuple_rep(1 if min_roi_size is None else min_roi_size, 2)
+    roi = tuple(
+        max(-(-r // int(m)) * int(m), int(low)) if full else r
+        for r, m, low, full in zip(roi, multiples, lower, from_plane)
+    )
     overlaps = ensure_tuple_rep(overlap, 2)
     if any(not 0 <= o < 1 for o in overlaps):
         raise ValueError(f"overlap must be >= 0 and < 1, got {overlap}.")
@@ -108,7 +135,7 @@ def build_plane_window_grid(
     count = torch.zeros(padded, dtype=torch.float32, device=device)
     for window in windows:
         count[window] += importance
-    source, target, weights = [], [], []
+    source, crops, weights = [], set(), []
     for window in windows:
         src, tgt = [], []
         for axis, sl in enumerate(window):
@@ -117,13 +144,16 @@ def build_plane_window_grid(
             src.append(slice(start, stop))
             tgt.append(slice(start + before[axis] - sl.start, stop + before[axis] - sl.start))
         source.append((src[0], src[1]))
-        target.append((tgt[0], tgt[1]))
+        crops.add(((tgt[0].start, tgt[0].stop), (tgt[1].start, tgt[1].stop)))
         weights.append(importance / count[window])
+    if len(crops) != 1:
+        raise RuntimeError(f"windows of one grid must share their crop inside the window, got {sorted(crops)}.")
+    ((crop_rows, crop_cols),) = crops
     return PlaneWindowGrid(
         window_size=(int(window_size[0]), int(window_size[1])),
         pad=(before[1], after[1], before[0], after[0]),
         source=source,
-        target=target,
+        crop=(slice(*crop_rows), slice(*crop_cols)),
         weights=torch.stack(weights)[:, None],
     )
 
@@ -141,41 +171,6 @@ def neighbour_indices(num_slices: int, context_slices: int, device: torch.device
     offsets = torch.arange(-context_slices, context_slices + 1, device=device)
     centres = torch.arange(num_slices, device=device)[:, None]
     return (centres + offsets[None]).clamp_(0, num_slices - 1)
-
-
-def gather_window(
-    slices: torch.Tensor,
-    indices: Sequence[int],
-    out: torch.Tensor,
-    pad: tuple[int, int, int, int],
-    padding_mode: PytorchPadMode | str,
-    cval: float,
-) -> None:
-    """Copy the neighbour slices of one window into ``out`` as channels ``c * (2k+1) + (offset + k)``.
-
-    Each neighbour is copied as one 2D plane: when the slice axis is the innermost axis in memory (``D`` of a
-    C-contiguous ``(B, C, H, W, D)`` volume), torch copies a single strided plane quickly but a block of a few
-    adjacent slices (and ``index_select``, which makes its input contiguous first) far more slowly.
-
-    Args:
-        slices: ``(C, S, h', w')`` view of the window region on every slice of one batch item.
-        indices: the ``2k+1`` slice indices (clamped) of the neighbours.
-        out: ``(C * (2k+1), h, w)`` contiguous destination inside the window batch.
-        pad: ``F.pad`` amounts when the window is larger than the plane.
-        padding_mode: in-plane padding mode (MONAI ``PytorchPadMode``).
-        cval: fill value for ``"constant"`` padding.
-    """
-    channels, _, rows, cols = slices.shape
-    if any(pad):
-        stacked = torch.empty((channels, len(indices), rows, cols), dtype=out.dtype, device=out.device)
-    else:
-        stacked = out.view(channels, len(indices), rows, cols)
-    for position, index in enumerate(indices):
-        stacked[:, position].copy_(slices[:, index])
-    if any(pad):
-        mode = look_up_option(padding_mode, PytorchPadMode)
-        extra = {"value": cval} if mode == PytorchPadMode.CONSTANT else {}
-        out.copy_(F.pad(stacked.flatten(0, 1)[None], pad, mode=mode, **extra)[0])
 
 
 def select_output(prediction: Any, output_index: int | str) -> torch.Tensor:
