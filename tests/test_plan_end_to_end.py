@@ -81,7 +81,7 @@ def test_nnunet_layout_plans_trains_registers_infers_and_evaluates(nnunet_bundle
     assert metadata["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "anterior", "2": "posterior"}
     plans = json.loads((bundle / "configs" / "plans.json").read_text())
     assert plans["max_epochs"] == 5 and plans["overrides"]["network.features"] == 16 and plans["context_slices"] == 2
-    assert sorted(p.name for p in (bundle / "models").iterdir()) == ["fold_0", "model.pt"]
+    assert sorted(p.name for p in (bundle / "models").iterdir()) == ["fold_0", "model.pt", "model.pt.trained.json"]
     (version,) = registered_versions(bundle)
     assert version.tags["key_metric"] == "val_mean_dice"
     assert tracking(bundle).get_model_version_by_alias(bundle.name, "champion").version == version.version
@@ -90,8 +90,9 @@ def test_nnunet_layout_plans_trains_registers_infers_and_evaluates(nnunet_bundle
 
     run_bundle(bundle, "run", work, "--dataset_dir", str(dataset / "imagesTs"), "--output_dir", str(work / "pred"),
                config="inference.json")  # fmt: skip
-    written = sorted(path.name for path in (work / "pred").iterdir())
+    written = sorted(path.name for path in (work / "pred").iterdir() if path.is_file())
     assert written == ["hippocampus_199_seg.nii.gz", "hippocampus_225_seg.nii.gz"]
+    assert any((work / "pred" / "logs").glob("*.log"))
     for name in written:
         case = name.replace("_seg.nii.gz", "")
         source, label = nib.load(dataset / "imagesTs" / f"{case}_0000.nii.gz"), nib.load(work / "pred" / name)
@@ -115,7 +116,7 @@ def test_decathlon_4d_layout_trains_two_folds_and_ensembles_them(tmp_path):
     assert len(registered_versions(bundle)) == 2
     output = run_bundle(bundle, "run", tmp_path, "--output_dir", str(tmp_path / "pred"), config="inference.json")
     assert "inference with 2 model(s)" in output
-    assert sorted(path.name for path in (tmp_path / "pred").iterdir()) == [
+    assert sorted(path.name for path in (tmp_path / "pred").iterdir() if path.is_file()) == [
         "hippocampus_199_seg.nii.gz",
         "hippocampus_225_seg.nii.gz",
     ]
