@@ -192,6 +192,30 @@ def test_flip_tta_equals_average_of_flipped_passes(slice_axis):
         assert (ours - plain(volume, network)).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize(("slice_axis", "flip_axes"), [(2, (0,)), (0, (0, 2)), (1, (1,))])
+def test_flip_axes_mirror_only_the_allowed_axes(slice_axis, flip_axes):
+    """Only the allowed in-plane axes are mirrored; an allowed axis that is the slice axis is ignored."""
+    torch.manual_seed(10)
+    volume = torch.randn(1, 1, 9, 11, 7)
+    network = conv_net(3)
+    plain = SlidingWindowSliceInferer(None, 6, slice_axis, 1, tta_activation="softmax")
+    tta = SlidingWindowSliceInferer(
+        None, 6, slice_axis, 1, flip_tta=True, flip_axes=flip_axes, tta_activation="softmax"
+    )
+    mirrored = tuple(axis + 2 for axis in flip_axes if axis != slice_axis)
+    passes = [()] + [(dim,) for dim in mirrored] + ([mirrored] if len(mirrored) == 2 else [])
+    with torch.no_grad():
+        ours = tta(volume, network)
+        manual = sum(
+            plain(volume.flip(dims), network).flip(dims) if dims else plain(volume, network) for dims in passes
+        )
+        assert torch.allclose(ours, manual / len(passes), atol=TOL, rtol=0)
+        everything = SlidingWindowSliceInferer(None, 6, slice_axis, 1, flip_tta=True, tta_activation="softmax")
+        assert (ours - everything(volume, network)).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="flip_axes"):
+        SlidingWindowSliceInferer(flip_tta=True, flip_axes=(3,), tta_activation="softmax")
+
+
 def test_flip_tta_is_identity_for_a_flip_equivariant_network():
     torch.manual_seed(9)
     network = torch.nn.Conv2d(3, 2, 3, padding=1, bias=True).eval()

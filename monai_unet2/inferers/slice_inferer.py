@@ -24,7 +24,6 @@ tqdm, _ = optional_import("tqdm", name="tqdm")
 
 __all__ = ["SlidingWindowSliceInferer"]
 
-_FLIPS: tuple[tuple[int, ...], ...] = ((), (-2,), (-1,), (-2, -1))
 _ACTIVATIONS = ("softmax", "sigmoid")
 _BATCHING = ("auto", "runs", "indexed")
 
@@ -76,6 +75,11 @@ class SlidingWindowSliceInferer(Inferer):
             U2Net's fused output) or key of a dict (an int picks by position in the dict's order).
         flip_tta: test-time augmentation with in-plane flips (none, H, W, both: 4 network passes per window), averaged
             in probability space; requires ``tta_activation``.
+        flip_axes: the spatial axes of the input (0, 1, 2 as for ``slice_axis``) that ``flip_tta`` may mirror;
+            ``None`` (default) mirrors both in-plane axes. Restrict it when labels have a direction along an axis:
+            the hippocampus labels ``anterior`` / ``posterior`` swap meaning under an anterior-posterior flip (Dice
+            0.86 -> 0.14 on the sample), so its bundle mirrors left-right only (axis 0 after RAS reorientation). An
+            axis equal to a view's slice axis is ignored for that view.
         tta_activation: ``"softmax"`` (over channels) or ``"sigmoid"``, applied to every window prediction before
             blending; when set, the output holds probabilities instead of logits. ``None`` (default) returns logits,
             like MONAI inferers.
@@ -118,6 +122,7 @@ class SlidingWindowSliceInferer(Inferer):
         device: torch.device | str | None = None,
         output_index: int | str = 0,
         flip_tta: bool = False,
+        flip_axes: Sequence[int] | None = None,
         tta_activation: str | None = None,
         progress: bool = False,
         amp: bool | str | torch.dtype | None = False,
@@ -156,6 +161,9 @@ class SlidingWindowSliceInferer(Inferer):
         self.device = device
         self.output_index = output_index
         self.flip_tta = bool(flip_tta)
+        self.flip_axes = None if flip_axes is None else tuple(int(axis) for axis in flip_axes)
+        if self.flip_axes is not None and any(axis not in (0, 1, 2) for axis in self.flip_axes):
+            raise ValueError(f"flip_axes must be spatial axes 0, 1 or 2, got {flip_axes}.")
         self.tta_activation = tta_activation
         self.progress = progress
         self.amp = amp
@@ -245,6 +253,7 @@ class SlidingWindowSliceInferer(Inferer):
         ).contiguous(memory_format=layout)
         neighbours = neighbour_indices(num_slices, context, stack.device)
         amp_dtype = resolve_amp_dtype(self.amp, sw_device)
+        flips = self._flips(view, inputs.ndim - 2)
         target = None if output is None else self._slice_major(output, view)
         for start in range(0, total, self.sw_batch_size):
             stop = min(start + self.sw_batch_size, total)
@@ -259,7 +268,7 @@ class SlidingWindowSliceInferer(Inferer):
                 for run in runs:
                     gather_run(stack, run, grid, context, batch, self.padding_mode, self.cval)
             with autocast(amp_dtype, sw_device):
-                prediction = self._predict(network, batch.to(sw_device), args, kwargs)
+                prediction = self._predict(network, batch.to(sw_device), flips, args, kwargs)
             if target is None:
                 out_dtype = torch.promote_types(prediction.dtype, torch.float32)
                 target = torch.zeros(
@@ -282,9 +291,24 @@ class SlidingWindowSliceInferer(Inferer):
         """View of ``output`` as ``(B, out, S, P, Q)`` with the slice axis third."""
         return output.unsqueeze(2) if view is None else output.movedim(view + 2, 2)
 
-    def _predict(self, network: Callable[..., Any], batch: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
-        """Network prediction ``(N, out, h, w)`` for a window batch, with activation and flip TTA when set."""
-        flips = _FLIPS if self.flip_tta else ((),)
+    def _flips(self, view: int | None, spatial_dims: int) -> tuple[tuple[int, ...], ...]:
+        """Window dims to flip for each TTA pass of one view: every subset of the allowed in-plane axes."""
+        if not self.flip_tta:
+            return ((),)
+        in_plane = [axis for axis in range(spatial_dims) if axis != view]
+        allowed = in_plane if self.flip_axes is None else [axis for axis in in_plane if axis in self.flip_axes]
+        dims = [in_plane.index(axis) - len(in_plane) for axis in allowed]  # -2 / -1 of the (N, C, h, w) window
+        return tuple(tuple(d for bit, d in enumerate(dims) if mask >> bit & 1) for mask in range(2 ** len(dims)))
+
+    def _predict(
+        self,
+        network: Callable[..., Any],
+        batch: torch.Tensor,
+        flips: tuple[tuple[int, ...], ...],
+        args: tuple,
+        kwargs: dict,
+    ) -> torch.Tensor:
+        """Network prediction ``(N, out, h, w)`` for a window batch, averaged over the TTA ``flips``, with activation."""
         total: torch.Tensor | None = None
         for dims in flips:
             x = batch.flip(dims) if dims else batch
