@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -85,3 +86,32 @@ def test_training_mode_and_gradients_run_the_torch_network():
     assert wrapper._compiled is None
     with pytest.raises(ValueError, match="precision"):
         OpenVINONetwork(network, precision="int8")
+
+
+def test_drive_bundle_network_runs_openvino_with_the_pytorch_labels():
+    """The DRIVE inference config's ``network`` is OpenVINO f32 on a CPU; vessel labels equal PyTorch fp32's."""
+    from monai.bundle import ConfigParser
+    from PIL import Image
+
+    from monai_unet2.inferers import inference_network
+
+    drive = REPO / "bundles" / "drive_vessel_u2net_segmentation"
+    parser = ConfigParser()
+    parser.read_config(str(drive / "configs" / "inference.json"))
+    parser["bundle_root"] = str(drive)
+    network = parser.get_parsed_content("network")
+    assert isinstance(network, OpenVINONetwork) and network.precision == "f32"
+    network.load_state_dict(torch.load(drive / "models" / "model.pt", map_location="cpu", weights_only=True))
+    reference = inference_network(network.network, "torch")
+    assert reference is network.network
+    drive_dir = Path(os.environ.get("DRIVE_DIR", REPO.parent / "shared" / "data" / "drive" / "training"))
+    pixels = np.asarray(Image.open(drive_dir / "images" / "21_training.tif"), dtype=np.float32)[200:328, 200:328]
+    pixels = (pixels - pixels.mean(axis=(0, 1))) / pixels.std(axis=(0, 1))  # z-scored per channel, as the bundle
+    batch = torch.from_numpy(pixels).permute(2, 0, 1)[None].contiguous()
+    with torch.no_grad():
+        ours, expected = network.eval()(batch), reference.eval()(batch)
+    ours, expected = (out[0] if isinstance(out, list | tuple) else out for out in (ours, expected))
+    assert torch.equal(ours > 0, expected > 0)
+    assert (expected > 0).sum() > 200  # vessels in the crop
+    with pytest.raises(ValueError, match="backend"):
+        inference_network(reference, "onnx")

@@ -2,7 +2,7 @@
 precision and an optional OpenVINO backend."""
 
 from monai_unet2.inferers.ensemble import FoldEnsembleInferer, fold_dir_name, trained_checkpoints
-from monai_unet2.inferers.openvino_backend import OpenVINONetwork, openvino_available
+from monai_unet2.inferers.openvino_backend import OpenVINONetwork, inference_network, openvino_available
 from monai_unet2.inferers.precision import AutocastInferer, cpu_supports_bf16, resolve_amp_dtype
 from monai_unet2.inferers.slice_inferer import SlidingWindowSliceInferer
 
@@ -13,6 +13,7 @@ __all__ = [
     "SlidingWindowSliceInferer",
     "cpu_supports_bf16",
     "fold_dir_name",
+    "inference_network",
     "openvino_available",
     "resolve_amp_dtype",
     "trained_checkpoints",
