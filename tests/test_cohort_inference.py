@@ -53,7 +53,9 @@ def test_overlay_merges_onto_the_single_process_configs(bundle, overlay):
     parser = ConfigParser()
     parser.read_config([str(configs / name) for name in [*OVERLAYS[overlay], overlay]])
     text = json.loads((configs / overlay).read_text())
-    referenced = {ref.replace("::", "#") for leaf in string_leaves(text) for ref in ReferenceResolver.match_refs_pattern(leaf)}
+    referenced = {
+        ref.replace("::", "#") for leaf in string_leaves(text) for ref in ReferenceResolver.match_refs_pattern(leaf)
+    }
     missing = sorted(ref for ref in referenced if ref not in parser)
     assert not missing, f"{overlay} refers to ids missing from {OVERLAYS[overlay]}: {missing}"
     section = "validate#" if "evaluate" in overlay else ""
@@ -170,7 +172,9 @@ def test_two_ranks_evaluate_into_one_report_equal_to_one_process(tmp_path):
     assert status == 0, output[-6000:]
     assert output.count("evaluation report of 5 case(s)") == 1  # rank 1 logs warnings and errors only
     rows = (tmp_path / "ranks" / "dice_raw.csv").read_text().splitlines()
-    assert [row.split(",")[0] for row in rows[1:]] == [str(data / "imagesTr" / f"hippocampus_{c}.nii.gz") for c in CASES]
+    assert [row.split(",")[0] for row in rows[1:]] == [
+        str(data / "imagesTr" / f"hippocampus_{c}.nii.gz") for c in CASES
+    ]
     assert all(0.8 < float(row.split(",")[-1]) < 1.0 for row in rows[1:])
     for name in REPORT:
         assert (tmp_path / "ranks" / name).read_text() == (tmp_path / "single" / name).read_text(), name
