@@ -1,4 +1,5 @@
-"""PyTorch DDP helpers for the bundles' ``configs/multi_gpu_train.json`` (``torchrun ... -m monai.bundle run``).
+"""PyTorch distributed helpers for the bundles' ``configs/multi_gpu_*.json`` (``torchrun ... -m monai.bundle run``):
+DDP training, and cohort inference and evaluation sharded over ranks.
 
 MONAI already does the hard parts: ``monai.data.DistributedSampler`` shards the data (``even_divisible=False``
 keeps every validation volume exactly once), the metric handlers all-gather their per-volume buffers before
@@ -13,6 +14,9 @@ nothing in MONAI or torch offers as one call:
   package does); MONAI's own writers, which cannot declare it, are listed in :data:`MONAI_RANK_ZERO_HANDLERS`.
   Handlers that take part in collectives (validation, metric savers, early stopping) stay on every rank, otherwise
   the other ranks would wait for them forever.
+- :func:`from_rank_zero` / :func:`gather_objects`: a batch's preflight (checks, output folder, resume's pending
+  list) run once on rank 0 and its result, or its refusal, handed to every rank; per-case results (failures,
+  metrics) collected from every rank. A no-op outside a process group, so the single-process configs call them too.
 - :class:`BroadcastBuffers`: rank 0's BatchNorm running statistics copied to every rank before validation.
   DDP synchronises buffers at the *start* of each training forward pass, so after the last iteration each rank
   holds statistics updated by its own last batch; without this, each rank would validate a slightly different
@@ -21,9 +25,10 @@ nothing in MONAI or torch offers as one call:
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -42,7 +47,10 @@ __all__ = [
     "BroadcastBuffers",
     "backend_for",
     "destroy_process_group",
+    "from_rank_zero",
+    "gather_objects",
     "init_process_group",
+    "is_distributed",
     "is_rank0",
     "local_device",
     "quiet_other_ranks",
@@ -84,7 +92,7 @@ def local_device() -> torch.device:
     return torch.device(f"cuda:{local_rank}")
 
 
-def init_process_group(device: torch.device | str) -> str:
+def init_process_group(device: torch.device | str, timeout_s: float | None = None) -> str:
     """Join the process group torchrun set up, with the backend :func:`backend_for` picks for ``device``.
 
     Does nothing when the group exists already (a caller that initialised it itself). On a GPU the device is made
@@ -92,6 +100,10 @@ def init_process_group(device: torch.device | str) -> str:
 
     Args:
         device: the device of this process (``@device`` of the bundle).
+        timeout_s: how long a collective waits for the other ranks (torch's default, 10 to 30 minutes, when
+            ``None``). Cohort inference meets the other ranks only at its end, after each rank ran its own share,
+            which can take hours longer on one rank than on another; a rank that dies is noticed by torchrun,
+            which stops the others, so a long timeout does not hide a failure.
 
     Returns:
         the backend of the process group.
@@ -105,14 +117,16 @@ def init_process_group(device: torch.device | str) -> str:
     missing = [name for name in TORCHRUN_VARIABLES if name not in os.environ]
     if missing:
         raise RuntimeError(
-            f"multi_gpu_train.json needs a process started by torchrun, but {', '.join(missing)} "
+            f"the multi_gpu_*.json configs need a process started by torchrun, but {', '.join(missing)} "
             "is not set: launch with `torchrun --nproc_per_node=<N> -m monai.bundle run --config_file "
-            "\"['configs/train.json','configs/multi_gpu_train.json']\" ...`, or run train.json alone."
+            "\"['configs/train.json','configs/multi_gpu_train.json']\" ...` (or inference.json with "
+            "multi_gpu_inference.json), or run the single-process config alone."
         )
     if device.type == "cuda":
         torch.cuda.set_device(device)
     backend = backend_for(device)
-    dist.init_process_group(backend=backend)
+    timeout = datetime.timedelta(seconds=float(timeout_s)) if timeout_s is not None else None
+    dist.init_process_group(backend=backend, timeout=timeout)
     return backend
 
 
@@ -120,6 +134,11 @@ def destroy_process_group() -> None:
     """Tear the process group down if there is one (the bundle's ``finalize``)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def is_distributed() -> bool:
+    """Whether this process is one of several ranks of an initialised process group."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def is_rank0() -> bool:
@@ -139,6 +158,55 @@ def quiet_other_ranks(level: int = logging.WARNING) -> None:
     if not is_rank0():
         root = logging.getLogger()
         root.setLevel(max(root.level, level))
+
+
+def from_rank_zero(compute: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``compute(*args, **kwargs)`` run on rank 0 only, its result handed to every rank.
+
+    For work that must happen once and be seen alike by all ranks: a batch's preflight creates the output folder
+    and lists the inputs whose outputs are not finished yet, and a rank that looked at the folder while another
+    rank was already writing its first outputs would shard a different list. When ``compute`` raises, rank 0 raises
+    the error and the other ranks end quietly with exit status 1 (``SystemExit``), so that the refusal is printed
+    once; no rank is left waiting. Outside a process group this is a plain call.
+
+    Args:
+        compute: the function to run; its result must pickle (it crosses processes).
+        args: positional arguments of ``compute``.
+        kwargs: keyword arguments of ``compute``.
+    """
+    if not is_distributed():
+        return compute(*args, **kwargs)
+    message: list[Any] = [None]
+    error: BaseException | None = None
+    if dist.get_rank() == 0:
+        try:
+            message[0] = ("result", compute(*args, **kwargs))
+        except Exception as raised:
+            error = raised
+            message[0] = ("error", f"{type(raised).__name__}: {raised}")
+    dist.broadcast_object_list(message, src=0)
+    kind, value = message[0]
+    if error is not None:
+        raise error
+    if kind == "error":
+        logging.getLogger(__name__).debug(f"rank {dist.get_rank()}: stopping, rank 0 refused the run: {value}")
+        raise SystemExit(1)
+    return value
+
+
+def gather_objects(value: Any) -> list[Any]:
+    """``value`` of every rank, in rank order (``[value]`` outside a process group).
+
+    A collective: every rank must call it, the same number of times. Values must pickle.
+
+    Args:
+        value: what this rank contributes (e.g. its failed cases, its per-case metric rows).
+    """
+    if not is_distributed():
+        return [value]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
 
 
 def runs_on_rank_zero_only(handler: Any) -> bool:

@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from monai.metrics import compute_hausdorff_distance
 
+from monai_unet2.distributed import gather_objects, is_rank0
+
 __all__ = ["CONVENTIONS", "LabelMetricsReport", "case_label_metrics"]
 
 logger = logging.getLogger(__name__)
@@ -102,6 +104,11 @@ class LabelMetricsReport:
     - ``summary.json``: the same per label, the counts of missed, spurious and absent labels, the conventions
       (:data:`CONVENTIONS`) and ``details`` passed by the caller (e.g. the checkpoints and the split evaluated).
 
+    Rows are in the order of the evaluator's datalist. Under torchrun (``configs/multi_gpu_evaluate.json``, a
+    ``DistributedSampler`` giving each rank its share) every rank scores its own cases, the rows are gathered in
+    datalist order (each row knows its dataset index from the sampler), and rank 0 alone writes: one report, equal to
+    a single process's. It therefore runs on every rank (``rank_zero_only = False``).
+
     Args:
         labels: label value -> name, background included (``metadata.json`` ``channel_def``).
         output_dir: the report folder (created).
@@ -124,19 +131,35 @@ class LabelMetricsReport:
         self.pred_key = pred_key
         self.label_key = label_key
         self.rows: list[dict[str, Any]] = []
+        self.indices: list[int] = []
+        self._order: list[int] = []
+
+    rank_zero_only = False  # gathers the rows of every rank (monai_unet2.distributed.rank_zero_handlers)
 
     def attach(self, engine: Any) -> None:
         """Reset at each run, score each iteration's cases, report at the end of the run."""
         from ignite.engine import Events
 
-        engine.add_event_handler(Events.EPOCH_STARTED, lambda _: self.rows.clear())
+        engine.add_event_handler(Events.EPOCH_STARTED, self.epoch_started)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+
+    def epoch_started(self, engine: Any) -> None:
+        """Forget the last run's rows; note which dataset indices this process evaluates, in order."""
+        self.rows.clear()
+        self.indices.clear()
+        sampler = getattr(getattr(engine, "data_loader", None), "sampler", None)
+        self._order = [int(index) for index in sampler] if sampler is not None else []
 
     def iteration_completed(self, engine: Any) -> None:
         """Score the cases of the last batch."""
         outputs = engine.state.output
-        for item in outputs if isinstance(outputs, (list, tuple)) else [outputs]:
+        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        batch_size = getattr(getattr(engine, "data_loader", None), "batch_size", None) or len(outputs)
+        first = (engine.state.iteration - 1) % max(engine.state.epoch_length or 1, 1) * batch_size
+        for offset, item in enumerate(outputs):
+            position = first + offset
+            self.indices.append(self._order[position] if position < len(self._order) else position)
             self.rows.append(self.score(item[self.pred_key], item[self.label_key]))
 
     def score(self, prediction: torch.Tensor, reference: torch.Tensor) -> dict[str, Any]:
@@ -189,18 +212,28 @@ class LabelMetricsReport:
             **self.details,
         }
 
+    def gather(self) -> None:
+        """Collect the rows of every rank into :attr:`rows`, in datalist order (a no-op in one process: its rows
+        are in that order already)."""
+        shares = gather_objects(list(zip(self.indices, self.rows)))
+        ordered = sorted((pair for share in shares for pair in share), key=lambda pair: pair[0])
+        self.indices = [index for index, _ in ordered]
+        self.rows = [row for _, row in ordered]
+
     def epoch_completed(self, engine: Any) -> None:
-        """Write the report and put the means into ``engine.state.metrics``."""
-        os.makedirs(self.output_dir, exist_ok=True)
-        for metric in ("dice", "hd95"):
-            self._write_table(metric)
+        """Gather every rank's rows, write the report (rank 0) and put the means into ``engine.state.metrics``."""
+        self.gather()
         summary = self.summary()
-        with open(os.path.join(self.output_dir, "summary.json"), "w") as handle:
-            json.dump(summary, handle, indent=2, allow_nan=True)
+        if is_rank0():
+            os.makedirs(self.output_dir, exist_ok=True)
+            for metric in ("dice", "hd95"):
+                self._write_table(metric)
+            with open(os.path.join(self.output_dir, "summary.json"), "w") as handle:
+                json.dump(summary, handle, indent=2, allow_nan=True)
         for name, entry in summary["labels"].items():
             engine.state.metrics[f"dice_{name}"] = entry["dice"]["mean"]
             engine.state.metrics[f"hd95_{name}"] = entry["hd95_mm"]["mean"]
-            if entry["missed"] or entry["spurious"]:
+            if (entry["missed"] or entry["spurious"]) and is_rank0():
                 logger.warning(f"{name}: missed in {entry['missed']} case(s), spurious in {entry['spurious']}")
         engine.state.metrics["mean_dice"] = summary["mean"]["dice"]
         engine.state.metrics["mean_hd95"] = summary["mean"]["hd95_mm"]

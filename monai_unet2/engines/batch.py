@@ -19,6 +19,11 @@ runs these checks on the datalist of an inference config, in this order, and ret
 5. with ``resume``, inputs whose outputs are finished (they open and fit their input) are left out
    (:func:`~monai_unet2.data.pending_inputs`); without it, outputs of an earlier run that will be replaced are
    counted in the log.
+
+Under torchrun (a process group is initialised, ``configs/multi_gpu_inference.json``) the checks run on rank 0 only
+and every rank receives its list (:func:`~monai_unet2.distributed.from_rank_zero`): the output folder is created
+once, and resume's pending list is the same on every rank however soon another rank starts writing; each rank then
+runs its share of that list (the config's ``DistributedSampler``).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from monai_unet2.data.datalist import DatalistError
 from monai_unet2.data.file_kinds import sniff
 from monai_unet2.data.files import OutputWriteError, dicom_files, ensure_output_dir
 from monai_unet2.data.outputs import OutputNameError, check_output_names, output_paths, output_source, pending_inputs
+from monai_unet2.distributed import from_rank_zero
 
 __all__ = ["batch_datalist", "check_writable", "links_out_of"]
 
@@ -181,7 +187,8 @@ def batch_datalist(
     """The entries of ``datalist`` to run, after the checks of the module docstring.
 
     In an inference config: ``"datalist": "$monai_unet2.engines.batch_datalist(inference_datalist(@dataset_dir),
-    @dataset_dir, @output_dir, @output_postfix, @output_format, @resume)"``.
+    @dataset_dir, @output_dir, @output_postfix, @output_format, @resume)"``. Under torchrun, rank 0 runs the
+    checks and every rank gets the same list (or rank 0 raises the refusal and the other ranks end with status 1).
 
     Args:
         datalist: the inputs (``{"image": path, ...}`` or paths) listed from ``dataset_dir``.
@@ -196,6 +203,30 @@ def batch_datalist(
         OutputNameError: two inputs would write the same output, or an output would replace an input.
         OutputWriteError: the output folder cannot be created or written.
     """
+    return from_rank_zero(
+        _checked_datalist,
+        datalist,
+        dataset_dir,
+        output_dir,
+        output_postfix,
+        output_format,
+        resume,
+        allow_outside_root,
+        image_key,
+    )
+
+
+def _checked_datalist(
+    datalist: Sequence[Mapping[str, Any] | str],
+    dataset_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    output_postfix: str,
+    output_format: str,
+    resume: bool,
+    allow_outside_root: bool,
+    image_key: str,
+) -> list:
+    """:func:`batch_datalist` in one process."""
     folder = Path(dataset_dir)
     if folder.is_dir():
         root = folder.resolve()

@@ -15,6 +15,15 @@ ends the run, with :class:`~monai_unet2.engines.CaseFailedError` naming the inpu
 A failed case skips the handlers of ``Events.ITERATION_COMPLETED`` (metrics, metric savers, progress), which would
 otherwise read an output that does not exist; when no case succeeded, ``Events.EPOCH_COMPLETED`` is skipped too
 (there is nothing to aggregate). Every other event fires as usual.
+
+Under torchrun (``configs/multi_gpu_inference.json``, ``multi_gpu_evaluate.json``) each rank runs its share of the
+cases with its own failure isolation, and the ranks meet twice, whatever happened to their cases: at the end of the
+epoch, where they agree whether ``Events.EPOCH_COMPLETED`` fires (on every rank or on none: its metric handlers
+gather across ranks, and a rank that skipped them would leave the others waiting), and after it, where the failures of
+every rank are gathered. A rank whose cases all failed, or that had none (fewer pending cases than ranks), still
+meets the others. Rank 0 then raises :class:`~monai_unet2.engines.BatchFailedError` with every rank's failed inputs,
+so torchrun exits non-zero with the whole list, printed once; the other ranks return. A rank must not end early on
+its own: torchrun stops every other rank as soon as one exits with an error.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from ignite.engine import Events
 from monai.engines import SupervisedEvaluator
 from monai.utils import CommonKeys
 
+from monai_unet2.distributed import gather_objects, is_distributed, is_rank0
 from monai_unet2.engines.datasets import IsolatedCases, case_source, failures_in
 from monai_unet2.engines.failures import BatchFailedError, CaseFailedError, CaseFailure, error_chain
 from monai_unet2.handlers.weights import WeightsFileError
@@ -102,17 +112,44 @@ class BatchEvaluator(SupervisedEvaluator):
     def run(self, global_epoch: int = 1) -> None:
         """Run every case; raise :class:`~monai_unet2.engines.BatchFailedError` at the end when any failed.
 
+        Under torchrun, the failures of every rank are raised on rank 0 (see the module docstring).
+
         Args:
             global_epoch: the trainer's epoch when validating during training.
         """
         self.failures, self.processed, self.stopped = [], 0, None
         if self.state.epoch_length == 0:  # e.g. a resumed batch whose outputs are all finished
             logger.info("no input left to run")
-            return
-        super().run(global_epoch)
-        if self.failures:
-            total = self.state.epoch_length or self.processed + len(self.failures)
-            raise BatchFailedError(self.failures, total, stopped=self.stopped, processed=self.processed)
+            if is_distributed():  # meet the other ranks at their epoch end
+                self._fire_event(Events.EPOCH_COMPLETED)
+        else:
+            super().run(global_epoch)
+        total = self.state.epoch_length or self.processed + len(self.failures)
+        outcomes = gather_objects((self.failures, total, self.processed, self.stopped))
+        failures = [failure for outcome in outcomes for failure in outcome[0]]
+        if failures and is_rank0():
+            stopped = next((outcome[3] for outcome in outcomes if outcome[3]), None)
+            raise BatchFailedError(
+                failures,
+                sum(outcome[1] for outcome in outcomes),
+                stopped=stopped,
+                processed=sum(outcome[2] for outcome in outcomes),
+            )
+
+    def _epoch_has_results(self) -> bool:
+        """Whether ``Events.EPOCH_COMPLETED`` fires: some case went through; under torchrun, agreed by all ranks."""
+        if not is_distributed():
+            return bool(self.processed or not self.failures)
+        processed = gather_objects(self.processed)
+        if not any(processed):
+            return False
+        if min(processed) == 0 and self.state.key_metric_name is not None:
+            logger.error(
+                f"no metrics: rank(s) {[rank for rank, count in enumerate(processed) if not count]} processed no case, "
+                "and MONAI's metric handlers cannot gather across ranks from a rank without results"
+            )
+            return False
+        return True
 
     def _iteration(self, engine: SupervisedEvaluator, batchdata: dict[str, torch.Tensor]) -> dict:
         recorded = failures_in(batchdata)
@@ -147,7 +184,7 @@ class BatchEvaluator(SupervisedEvaluator):
 
     def _fire_event(self, event_name: Any, *event_args: Any, **event_kwargs: Any) -> None:
         skip = (event_name == Events.ITERATION_COMPLETED and self._case_failed) or (
-            event_name == Events.EPOCH_COMPLETED and self.failures and not self.processed
+            event_name == Events.EPOCH_COMPLETED and not self._epoch_has_results()
         )
         if event_name == Events.ITERATION_COMPLETED:
             self._case_failed = False

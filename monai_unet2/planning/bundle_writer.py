@@ -29,7 +29,15 @@ __all__ = ["TEMPLATES", "TEMPLATE_FILES", "BundleExistsError", "bundle_metadata"
 
 TEMPLATES = Path(__file__).with_name("templates")
 #: configs copied unchanged into every planned bundle
-TEMPLATE_FILES = ("train.json", "inference.json", "evaluate.json", "multi_gpu_train.json", "logging.conf")
+TEMPLATE_FILES = (
+    "train.json",
+    "inference.json",
+    "evaluate.json",
+    "multi_gpu_train.json",
+    "multi_gpu_inference.json",
+    "multi_gpu_evaluate.json",
+    "logging.conf",
+)
 SCHEMA = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 LICENSE_TEXT = """Code and configuration: Apache License 2.0 (monai_unet2, https://www.apache.org/licenses/LICENSE-2.0).
