@@ -60,3 +60,13 @@ def test_inference_datalist_finds_nifti_files_and_dicom_series_folders(tmp_path)
     assert [os.path.basename(entry["image"]) for entry in found] == ["ct_series", "hippocampus_004.nii.gz"]
     with pytest.raises(DatalistError, match="no NIfTI files"):
         inference_datalist(tmp_path / "empty")
+
+
+def test_inference_datalist_takes_one_image_file(tmp_path):
+    """A file given as ``--dataset_dir`` is one case (the bundle READMEs promise it), named without its ending."""
+    image = SAMPLE / "imagesTr" / "hippocampus_004.nii.gz"
+    assert inference_datalist(image) == [{"image": str(image.resolve()), "case": "hippocampus_004"}]
+    with pytest.raises(DatalistError, match="reads 2 channels, one file per channel"):
+        inference_datalist(image, channels=2)
+    with pytest.raises(DatalistError, match="does not exist"):
+        inference_datalist(tmp_path / "missing")

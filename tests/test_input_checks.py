@@ -200,6 +200,13 @@ def test_label_values_outside_the_expected_set(pair):
     assert message == f"{label}: label values outside the expected set {{0, 1, 2}}: 7 (4 voxels), 255 (1 voxels)"
     # Without an expected set the values are not checked.
     assert load_and_check({"image": str(image), "label": str(label)})["label"].max() == 255
+    # An image given as the label: the count of values and the first five, not thousands.
+    nib.save(nib.Nifti1Image(np.arange(label_array.size, dtype=np.int32).reshape(label_array.shape), affine), label)
+    message = refusal({"image": str(image), "label": str(label)}, expected_labels=[0, 1, 2])
+    assert message == (
+        f"{label}: label values outside the expected set {{0, 1, 2}}: {label_array.size - 3} values, e.g. "
+        "3 (1 voxels), 4 (1 voxels), 5 (1 voxels), 6 (1 voxels), 7 (1 voxels), ..."
+    )
 
 
 def test_grid_distance_mm_numbers():

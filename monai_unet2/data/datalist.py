@@ -167,6 +167,7 @@ def inference_datalist(dataset_dir: str | os.PathLike, channels: int = 1) -> lis
 
     - a dataset root (it has ``dataset.json``, ``imagesTs/`` or ``imagesTr/``): its test images (``imagesTs`` or
       the ``dataset.json`` ``test`` list), or its training images (labels or not) when it has no test images;
+    - one image file: that case alone;
     - a folder of images: every NIfTI file and every sub-folder holding DICOM files
       (:func:`~monai_unet2.data.files.dicom_files`; one series per folder), each one case; files named in nnU-Net's
       per-channel way (``<case>_0000.nii.gz``, ``<case>_0001.nii.gz``, ...) are grouped into one case with one
@@ -184,6 +185,8 @@ def inference_datalist(dataset_dir: str | os.PathLike, channels: int = 1) -> lis
         DatalistError: the folder does not exist or holds nothing to segment; a case misses a channel file.
     """
     root = Path(dataset_dir)
+    if root.is_file():
+        return [_single_image(root, channels)]
     if not root.is_dir():
         raise DatalistError(f"input folder {root} does not exist")
     if (root / "dataset.json").is_file() or (root / "imagesTs").is_dir() or (root / "imagesTr").is_dir():
@@ -230,3 +233,18 @@ def pending_cases(
         path = first if os.path.isdir(first) else os.path.join(os.path.dirname(first), f"{entry['case']}.nii.gz")
         named.append({"image": path, "entry": entry})
     return [item["entry"] for item in pending_inputs(named, output_dir, output_postfix, output_format)]
+
+
+def _single_image(path: Path, channels: int) -> dict:
+    """The entry of one image file given instead of a folder (a bundle of one input channel only)."""
+    if channels > 1:
+        raise DatalistError(
+            f"{path}: the bundle reads {channels} channels, one file per channel: give the folder that holds "
+            "<case>_0000.nii.gz, <case>_0001.nii.gz, ..."
+        )
+    name = path.name
+    for ending in sorted(IMAGE_ENDINGS, key=len, reverse=True):
+        if name.lower().endswith(ending):
+            name = name[: -len(ending)]
+            break
+    return {"image": str(path.resolve()), "case": name}

@@ -157,9 +157,13 @@ class CheckVolumed(MapTransform):
         allowed = torch.tensor(self.expected_labels, dtype=torch.float64)
         outside = ~torch.isin(values.to(torch.float64), allowed)
         if bool(outside.any()):
+            shown = 5  # an image given as a label has thousands of values: name the count, show a few
+            outside_values, outside_counts = values[outside].tolist(), counts[outside].tolist()
             found = ", ".join(
-                f"{_format_value(v)} ({int(c)} voxels)" for v, c in zip(values[outside].tolist(), counts[outside])
+                f"{_format_value(v)} ({int(c)} voxels)" for v, c in zip(outside_values[:shown], outside_counts[:shown])
             )
+            if len(outside_values) > shown:
+                found = f"{len(outside_values)} values, e.g. {found}, ..."
             expected = ", ".join(_format_value(v) for v in self.expected_labels)
             raise VolumeFileError(f"{name}: label values outside the expected set {{{expected}}}: {found}")
 
