@@ -66,6 +66,26 @@ def test_the_network_takes_its_channel_counts_from_the_configs():
         build_network(dict(UNET, in_channels=5), in_channels=5, out_channels=3)
 
 
+@pytest.mark.parametrize("bundle", ["hippocampus_unet25d_segmentation", "drive_vessel_u2net_segmentation"])
+def test_training_starts_from_pretrained_weights_when_given(bundle, tmp_path):
+    """``--pretrained_weights`` loads a state dict into ``network_def``; weights of another network are refused."""
+    from monai.bundle import ConfigParser
+
+    from monai_unet2.handlers import WeightsFileError, with_pretrained_weights
+
+    root = ROOT / "bundles" / bundle
+    shipped = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
+    parser = ConfigParser()
+    parser.read_config(str(root / "configs" / "train.json"))
+    parser.update({"bundle_root": str(root), "pretrained_weights": str(root / "models" / "model.pt")})
+    network = parser.get_parsed_content("network_def")
+    assert all(torch.equal(network.state_dict()[key], value) for key, value in shipped.items())
+    assert with_pretrained_weights(network, None) is network  # the default (null) keeps the initialisation
+    torch.save({"other.weight": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(WeightsFileError, match=r"other\.pt"):
+        with_pretrained_weights(network, tmp_path / "other.pt")
+
+
 def test_volumes_at_another_spacing_are_resampled_and_inverted_back(tmp_path):
     """A copy of a 1 mm sample case that claims 0.5 mm voxels: half the size once resampled to 1 mm."""
     half_mm = {}

@@ -11,7 +11,14 @@ from .checkpoints import (
 from .metrics import class_output_transform
 from .progress import EpochProgressBar
 from .references import handler_reference
-from .weights import SafeCheckpointLoader, WeightsFileError, describe_weights_error, load_weights, load_weights_into
+from .weights import (
+    SafeCheckpointLoader,
+    WeightsFileError,
+    describe_weights_error,
+    load_weights,
+    load_weights_into,
+    with_pretrained_weights,
+)
 
 __all__ = [
     "AtomicCheckpointSaver",
@@ -28,4 +35,5 @@ __all__ = [
     "load_weights",
     "load_weights_into",
     "save_checkpoint_atomically",
+    "with_pretrained_weights",
 ]

@@ -24,7 +24,14 @@ import torch
 from ignite.engine import Engine
 from monai.handlers import CheckpointLoader
 
-__all__ = ["SafeCheckpointLoader", "WeightsFileError", "describe_weights_error", "load_weights", "load_weights_into"]
+__all__ = [
+    "SafeCheckpointLoader",
+    "WeightsFileError",
+    "describe_weights_error",
+    "load_weights",
+    "load_weights_into",
+    "with_pretrained_weights",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +114,20 @@ def load_weights_into(network: torch.nn.Module, path: str | os.PathLike, map_loc
     except (RuntimeError, TypeError, AttributeError) as error:
         raise WeightsFileError(_mismatch(os.fspath(path), error)) from error
     return network
+
+
+def with_pretrained_weights(network: torch.nn.Module, path: str | os.PathLike | None = None) -> torch.nn.Module:
+    """``network`` with the weights at ``path`` loaded (as nnU-Net's ``-pretrained_weights``), or as it is.
+
+    Training configs use it for ``network_def`` (``--pretrained_weights models/model.pt`` fine-tunes or continues
+    from shipped weights with a fresh optimiser and schedule); ``--resume True`` then still restores the run's own
+    state on top.
+
+    Args:
+        network: the freshly built network.
+        path: a state dict of the same network; ``None`` or ``""`` keeps the initialisation.
+    """
+    return load_weights_into(network, path, map_location="cpu") if path else network
 
 
 def _mismatch(path: str, error: BaseException) -> str:
