@@ -76,7 +76,11 @@ def test_each_fact_is_stated_once():
 
 def test_training_validation_and_inference_preprocess_a_volume_alike():
     train, inference = parser("train.json"), parser("inference.json")
-    assert read("train.json")["slice_inferer"] == read("inference.json")["inferer"]["inferer"]
+    validating, inferring = read("train.json")["slice_inferer"], read("inference.json")["inferer"]["inferer"]
+    # inference differs only in how it covers a slice (whole slices, never smaller than the training window; bf16)
+    fast = {"roi_size": None, "min_roi_size": "@roi_size", "size_divisible_by": "$2 ** @network_def.depth"}
+    fast |= {"sw_batch_size": 16, "amp": "auto", "channels_last": True}
+    assert inferring == {**validating, **fast} and validating["roi_size"] == "@roi_size"
     image, label = SAMPLE / "imagesTr" / CASE, SAMPLE / "labelsTr" / CASE
     inferred = inference.get_parsed_content("preprocessing")({"image": str(image)})
     validated = train.get_parsed_content("validate#preprocessing")({"image": str(image), "label": str(label)})

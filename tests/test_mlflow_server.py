@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -251,7 +252,7 @@ def test_served_model_answers_like_bundle_inference(trained, tmp_path):
     try:
         # meanwhile: the bundle's own inference, weights straight from the registry (--ckpt_path models:/...)
         (tmp_path / "input").mkdir()
-        (tmp_path / "input" / SAMPLE.name).symlink_to(SAMPLE)
+        shutil.copy(SAMPLE, tmp_path / "input" / SAMPLE.name)  # a link out of the input folder is refused
         inference = subprocess.run(
             [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(BUNDLE / "configs" / "inference.json"),
              "--bundle_root", str(BUNDLE), "--ckpt_path", f"models:/{NAME}@champion", "--tracking_uri", trained["uri"],

@@ -338,7 +338,8 @@ def test_registered_version_is_a_logged_model_with_a_signature(tmp_path, no_env_
 
     client.set_registered_model_alias("hippo", "champion", version.version)
     described = seg_description(BUNDLE, "models:/hippo@champion", uri)
-    assert described.algorithm_version == f"0.1.0 (registered v{version.version})"
+    bundle_version = json.loads((BUNDLE / "configs" / "metadata.json").read_text())["version"]
+    assert described.algorithm_version == f"{bundle_version} (registered v{version.version})"
     assert described.algorithm_source == f"models:/hippo/{version.version}"
     assert list((tmp_path / "cwd").iterdir()) == []
 

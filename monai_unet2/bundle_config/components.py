@@ -156,7 +156,7 @@ def volume_preprocessing(
         ),
     ]
     if orientation is not None:
-        transforms.append(Orientationd(keys, axcodes=orientation))
+        transforms.append(Orientationd(keys, axcodes=orientation, labels=(("L", "R"), ("P", "A"), ("I", "S"))))
     if spacing is not None:
         transforms.append(Spacingd(keys, pixdim=spacing, mode=["bilinear", "nearest"][: len(keys)]))
     transforms.append(EnsureTyped(keys, dtype=[torch.float32, torch.uint8][: len(keys)]))

@@ -169,6 +169,10 @@ class BatchEvaluator(SupervisedEvaluator):
     def _fail(self, failure: CaseFailure, error: BaseException | None) -> None:
         if self.stop_on_error:
             raise CaseFailedError(failure) from error
+        chain = error_chain(error) if error is not None else ()
+        weights = next((link for link in chain if isinstance(link, WeightsFileError)), None)
+        if weights is not None and self.processed == 0 and not self.failures:
+            raise weights  # weights that cannot be used refuse the run, whichever case loaded them first
         self.failures.append(failure)
         self._case_failed = True
         if torch.cuda.is_available():

@@ -17,6 +17,7 @@ from .weights import (
     describe_weights_error,
     load_weights,
     load_weights_into,
+    save_half_precision,
     with_pretrained_weights,
 )
 
@@ -35,5 +36,6 @@ __all__ = [
     "load_weights",
     "load_weights_into",
     "save_checkpoint_atomically",
+    "save_half_precision",
     "with_pretrained_weights",
 ]
