@@ -8,7 +8,7 @@ from .checkpoints import (
     TrainingStateSaver,
     save_checkpoint_atomically,
 )
-from .metrics import class_output_transform
+from .metrics import class_output_transform, fov_pixels
 from .progress import EpochProgressBar
 from .references import handler_reference
 from .weights import (
@@ -32,6 +32,7 @@ __all__ = [
     "WeightsFileError",
     "class_output_transform",
     "describe_weights_error",
+    "fov_pixels",
     "handler_reference",
     "load_weights",
     "load_weights_into",
