@@ -11,13 +11,16 @@ import pytest
 from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
+from monai_unet2.console import configure
 from monai_unet2.engines import BatchFailedError, CaseFailure, ConsoleTracebackFilter, report_refusals
 from monai_unet2.transforms import SafeLoadImaged
 
 
 @pytest.fixture
 def hook():
-    """``report_refusals``'s hook, undone afterwards (hook and console filters)."""
+    """``report_refusals``'s hook, undone afterwards (hook and console filters). A run log set up by an earlier test
+    in this process (``monai_unet2.console.configure``) is closed first: these tests check where the log goes."""
+    configure(None)
     previous = sys.excepthook
     handlers = [h for h in logging.getLogger().handlers]
     yield lambda output_dir, debug=False: report_refusals(output_dir, debug) or sys.excepthook
