@@ -46,3 +46,15 @@ def run_bundle(
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"monai.bundle {command} failed:\n{output[-6000:]}"
     return output
+
+
+def string_leaves(config):
+    """Every string in a JSON config (where ``@id`` references live)."""
+    if isinstance(config, str):
+        yield config
+    elif isinstance(config, dict):
+        for value in config.values():
+            yield from string_leaves(value)
+    elif isinstance(config, list):
+        for value in config:
+            yield from string_leaves(value)

@@ -16,7 +16,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from bundle_runner import run_bundle
+from bundle_runner import run_bundle, string_leaves
 from monai.bundle import ConfigParser
 from monai.bundle.reference_resolver import ReferenceResolver
 
@@ -31,17 +31,6 @@ DRIVE = Path(os.environ.get("DRIVE_DIR", ROOT.parent / "shared" / "data" / "driv
 CASES = ("004", "038", "065", "105", "138")
 OVERLAYS = {"multi_gpu_inference.json": ["inference.json"], "multi_gpu_evaluate.json": ["train.json", "evaluate.json"]}
 REPORT = ("dice_raw.csv", "hd95_raw.csv", "dice_summary.csv", "hd95_summary.csv", "summary.json")
-
-
-def string_leaves(config):
-    if isinstance(config, str):
-        yield config
-    elif isinstance(config, dict):
-        for value in config.values():
-            yield from string_leaves(value)
-    elif isinstance(config, list):
-        for value in config:
-            yield from string_leaves(value)
 
 
 @pytest.mark.parametrize("overlay", sorted(OVERLAYS))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from bundle_runner import string_leaves
 from monai.bundle import ConfigParser
 from monai.bundle.reference_resolver import ReferenceResolver
 from monai.data import DistributedSampler
@@ -98,18 +99,6 @@ def test_outside_torchrun_the_error_names_the_launcher(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(RuntimeError, match="torchrun"):
         init_process_group("cpu")
-
-
-def string_leaves(config):
-    """Every string in a JSON config (where ``@id`` references live)."""
-    if isinstance(config, str):
-        yield config
-    elif isinstance(config, dict):
-        for value in config.values():
-            yield from string_leaves(value)
-    elif isinstance(config, list):
-        for value in config:
-            yield from string_leaves(value)
 
 
 @pytest.mark.parametrize("bundle", BUNDLES, ids=lambda path: path.name)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from monai_unet2.data.dataset_json import DatalistError
-from monai_unet2.data.datasets import IMAGE_ENDINGS, case_files, image_entries, read_dataset, resolve_inside
+from monai_unet2.data.datasets import IMAGE_ENDINGS, case_files, image_entries, image_stem, read_dataset, resolve_inside
 from monai_unet2.data.splits import fold_cases, make_splits, read_splits
 
 __all__ = [
@@ -242,9 +242,4 @@ def _single_image(path: Path, channels: int) -> dict:
             f"{path}: the bundle reads {channels} channels, one file per channel: give the folder that holds "
             "<case>_0000.nii.gz, <case>_0001.nii.gz, ..."
         )
-    name = path.name
-    for ending in sorted(IMAGE_ENDINGS, key=len, reverse=True):
-        if name.lower().endswith(ending):
-            name = name[: -len(ending)]
-            break
-    return {"image": str(path.resolve()), "case": name}
+    return {"image": str(path.resolve()), "case": image_stem(path.name, IMAGE_ENDINGS) or path.name}

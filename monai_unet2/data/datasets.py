@@ -28,7 +28,15 @@ from typing import Any
 from monai_unet2.data.dataset_json import DatalistError, DatasetManifest, read_manifest
 from monai_unet2.data.files import dicom_files
 
-__all__ = ["IMAGE_ENDINGS", "DatasetDescription", "case_files", "image_entries", "read_dataset", "resolve_inside"]
+__all__ = [
+    "IMAGE_ENDINGS",
+    "DatasetDescription",
+    "case_files",
+    "image_entries",
+    "image_stem",
+    "read_dataset",
+    "resolve_inside",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +93,8 @@ def resolve_inside(root: str | os.PathLike, relative: str | os.PathLike, allow_o
     return str(path)
 
 
-def _stem(name: str, endings: tuple[str, ...]) -> str | None:
+def image_stem(name: str, endings: tuple[str, ...]) -> str | None:
+    """``name`` without the first of ``endings`` it ends with, or ``None`` when it ends with none."""
     for ending in endings:
         if name.endswith(ending):
             return name[: -len(ending)]
@@ -111,7 +120,7 @@ def image_entries(folder: Path, endings: tuple[str, ...] = IMAGE_ENDINGS) -> dic
             if next(dicom_files(entry, log_ignored=False), None) is not None:
                 found[entry.name] = entry
             continue
-        stem = _stem(entry.name, endings)
+        stem = image_stem(entry.name, endings)
         if stem is not None:
             found[stem] = entry
     return found
@@ -235,7 +244,7 @@ def _case_name(image: str | list[str]) -> str:
     stems = []
     for path in paths:
         name = os.path.basename(os.path.normpath(path))
-        stems.append(_stem(name, (*IMAGE_ENDINGS, ".nrrd", ".mha", ".mhd", ".dcm")) or name)
+        stems.append(image_stem(name, (*IMAGE_ENDINGS, ".nrrd", ".mha", ".mhd", ".dcm")) or name)
     if len(stems) == 1:
         return stems[0]
     match = _CHANNEL_SUFFIX.match(stems[0])

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from monai_unet2.planning.overrides import OVERRIDABLE
+
 if TYPE_CHECKING:
     from .planner import Plan
 
@@ -12,22 +14,7 @@ __all__ = ["GENERATED_MARK", "plan_readme"]
 
 #: first line of a README written by the planner (a README without it is hand-written and kept)
 GENERATED_MARK = "<!-- written by `python -m monai_unet2 plan`; planning again rewrites it -->"
-DECISIONS = (
-    "orientation",
-    "spacing",
-    "slice_axis",
-    "context_slices",
-    "normalization",
-    "roi_size",
-    "network",
-    "volumes_per_batch",
-    "slices_per_volume",
-    "learning_rate",
-    "epoch_length",
-    "max_epochs",
-    "val_interval",
-    "folds",
-)
+DECISIONS = (*(key for key in OVERRIDABLE if key != "dataset_dir"), "folds")
 
 
 def _value(value: Any) -> str:
