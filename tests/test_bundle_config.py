@@ -20,6 +20,7 @@ from monai_unet2.bundle_config import (
     read_plans,
     volume_preprocessing,
 )
+from monai_unet2.networks import UNet
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "hippocampus_unet25d_segmentation"
@@ -84,6 +85,30 @@ def test_training_starts_from_pretrained_weights_when_given(bundle, tmp_path):
     torch.save({"other.weight": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(WeightsFileError, match=r"other\.pt"):
         with_pretrained_weights(network, tmp_path / "other.pt")
+
+
+def test_half_precision_storage_halves_the_file_and_keeps_what_float16_cannot_hold(tmp_path):
+    """``save_half_precision`` stores float32 tensors as float16 (half the bytes, relative error <= 2**-11), keeps a
+    tensor beyond float16's range (a batch-norm running variance, as training produced for a coronal view model)
+    in float32, and the file loads into the float32 network."""
+    from monai_unet2.handlers import load_weights_into, save_half_precision
+
+    network = UNet(spatial_dims=2, in_channels=5, out_channels=3, features=8)
+    state = network.state_dict()
+    state["up1.conv.1.running_var"][0] = 1.5e5
+    torch.save(state, tmp_path / "float32.pt")
+    counts = save_half_precision(tmp_path / "float32.pt", tmp_path / "float16.pt")
+
+    stored = torch.load(tmp_path / "float16.pt", map_location="cpu", weights_only=True)
+    assert stored["up1.conv.1.running_var"].dtype == torch.float32
+    assert stored["inc.0.weight"].dtype == torch.float16
+    floats = sum(value.dtype == torch.float32 for value in state.values())
+    assert counts == {"tensors": len(state), "halved": floats - 1, "kept_float32": 1}
+    assert (tmp_path / "float16.pt").stat().st_size < 0.6 * (tmp_path / "float32.pt").stat().st_size
+    loaded = load_weights_into(UNet(spatial_dims=2, in_channels=5, out_channels=3, features=8), tmp_path / "float16.pt")
+    for key, value in loaded.state_dict().items():
+        assert value.dtype == state[key].dtype
+        torch.testing.assert_close(value, state[key], rtol=2**-11, atol=6e-8)
 
 
 def test_volumes_at_another_spacing_are_resampled_and_inverted_back(tmp_path):

@@ -137,24 +137,30 @@ def save_half_precision(source: str | os.PathLike, target: str | os.PathLike) ->
     The model zoo keeps weight files under 25 MB; a 32-base UNet is 31 MB in float32. ``load_state_dict`` copies
     float16 values into the float32 parameters of the network, so every loader (``CheckpointLoader``, the fold
     ensemble, MLflow, ``ckpt_export``) reads the file unchanged; the rounding (relative 5e-4) is far below what
-    changes a label (checked on the validation split before a file ships, see the bundle README).
+    changes a label (checked on the validation split before a file ships, see the bundle README). A tensor with
+    values beyond float16's range (+-65504, e.g. a batch-norm running variance) stays float32: a few hundred
+    bytes, and no overflow to infinity.
 
     Args:
         source: a state dict saved by training (float32).
         target: where to write the float16 copy (atomically).
 
     Returns:
-        ``{"tensors": ..., "halved": ...}``: how many tensors the file holds and how many were converted.
+        ``{"tensors": ..., "halved": ..., "kept_float32": ...}``: how many tensors the file holds, how many were
+        converted, and how many float32 tensors stayed float32 because float16 cannot hold them.
     """
     from monai_unet2.data.files import write_atomically
 
     state = load_weights(source, map_location="cpu")
-    halved = {key: value.half() if value.dtype == torch.float32 else value for key, value in state.items()}
-    for key, value in halved.items():
-        if value.dtype == torch.float16 and not torch.isfinite(value).all():
-            raise WeightsFileError(f"{source}: {key} does not fit in float16 (values beyond +-65504)")
-    write_atomically(target, lambda tmp: torch.save(halved, tmp))
-    return {"tensors": len(state), "halved": sum(value.dtype == torch.float32 for value in state.values())}
+    stored = {}
+    for key, value in state.items():
+        half = value.half() if value.dtype == torch.float32 else None
+        fits = half is not None and bool(torch.isfinite(half).all() or not torch.isfinite(value).all())
+        stored[key] = half if fits else value
+    write_atomically(target, lambda tmp: torch.save(stored, tmp))
+    float32 = [key for key, value in state.items() if value.dtype == torch.float32]
+    halved = sum(stored[key].dtype == torch.float16 for key in float32)
+    return {"tensors": len(state), "halved": halved, "kept_float32": len(float32) - halved}
 
 
 def _mismatch(path: str, error: BaseException) -> str:
