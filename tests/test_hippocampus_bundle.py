@@ -56,9 +56,11 @@ def test_each_fact_is_stated_once():
     for name in ("train.json", "inference.json"):
         config = read(name)
         for fact in FACTS:
-            assert config[fact] == f"$@plans['{fact}']", (name, fact)
+            source = "view_plan" if name == "train.json" and fact in ("slice_axis", "roi_size") else "plans"
+            assert config[fact] == f"$@{source}['{fact}']", (name, fact)
             assert all(fact not in overlay for overlay in overlays.values()), fact
         assert config["num_classes"] == "$len(@labels)"
+        assert name != "train.json" or config["view_plan"] == "$monai_unet2.bundle_config.view_plan(@plans, @view)"
         assert all(config[key] == f"$@plans['{key}']" for key in BUDGET if name == "train.json")
         assert config["in_channels"] == "$(2 * @context_slices + 1) * len(@input_channels)"
     assert set(FACTS) <= set(plans) and "in_channels" not in plans["network"]
@@ -76,7 +78,7 @@ def test_each_fact_is_stated_once():
 
 def test_training_validation_and_inference_preprocess_a_volume_alike():
     train, inference = parser("train.json"), parser("inference.json")
-    validating, inferring = read("train.json")["slice_inferer"], read("inference.json")["inferer"]["inferer"]
+    validating, inferring = read("train.json")["slice_inferer"], read("inference.json")["fold_ensemble"]["inferer"]
     # inference differs only in how it covers a slice (whole slices, never smaller than the training window; bf16)
     fast = {"roi_size": None, "min_roi_size": "@roi_size", "size_divisible_by": "$2 ** @network_def.depth"}
     fast |= {"sw_batch_size": 16, "amp": "auto", "channels_last": True}

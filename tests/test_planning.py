@@ -158,6 +158,20 @@ def test_a_bundle_is_written_once_and_a_hand_written_readme_is_kept(tmp_path):
     )
 
 
+def test_extra_views_only_when_asked_and_only_on_isotropic_data():
+    shapes = np.array([[35, 50, 35], [43, 59, 47]])
+    views, reason = decisions.views([1.0, 1.0, 1.0], shapes, 2, requested=True)
+    assert views == {
+        "coronal": {"slice_axis": 1, "roi_size": [48, 48]},
+        "sagittal": {"slice_axis": 0, "roi_size": [64, 48]},
+    }
+    assert "--view <name>" in reason
+    assert decisions.views([1.0, 1.0, 1.0], shapes, 2, requested=False)[0] == {}
+    thick, reason = decisions.views([0.7, 0.7, 2.5], shapes, 2, requested=True)
+    assert thick == {} and "anisotropic" in reason
+    assert set(decisions.views([1.0, 1.0, 1.0], shapes, 0, requested=True)[0]) == {"coronal", "axial"}
+
+
 @pytest.mark.skipif(not MSD_HIPPOCAMPUS.is_dir(), reason="needs ../shared/data/msd_hippocampus")
 def test_the_shipped_hippocampus_configs_are_what_plan_writes(tmp_path):
     """The documented command (bundle README) on the 200 development cases reproduces the shipped configs: the
@@ -170,6 +184,7 @@ def test_the_shipped_hippocampus_configs_are_what_plan_writes(tmp_path):
         labels={"1": "anterior", "2": "posterior"},
         channel_names={"0": "MRI"},
         step_seconds=2.2,
+        views=True,
     )
     write_bundle(plan, tmp_path / SHIPPED.name)
     planned, shipped = tmp_path / SHIPPED.name / "configs", SHIPPED / "configs"

@@ -16,7 +16,17 @@ from .components import (
     volume_preprocessing,
 )
 from .evaluation import CONVENTIONS, LabelMetricsReport, case_label_metrics
-from .facts import METADATA_FILE, PLANS_FILE, Plans, input_channel_names, label_names, read_metadata, read_plans
+from .facts import (
+    METADATA_FILE,
+    PLANS_FILE,
+    Plans,
+    input_channel_names,
+    label_names,
+    read_metadata,
+    read_plans,
+    view_models_dir,
+    view_plan,
+)
 
 __all__ = [
     "CONVENTIONS",
@@ -34,5 +44,7 @@ __all__ = [
     "per_class_dice",
     "read_metadata",
     "read_plans",
+    "view_models_dir",
+    "view_plan",
     "volume_preprocessing",
 ]

@@ -30,6 +30,8 @@ __all__ = [
     "label_names",
     "read_metadata",
     "read_plans",
+    "view_models_dir",
+    "view_plan",
 ]
 
 #: the file of dataset facts and pipeline decisions, in a bundle's ``configs/`` folder
@@ -69,6 +71,41 @@ def read_plans(bundle_root: str | os.PathLike) -> Plans:
     """
     path = Path(bundle_root) / "configs" / PLANS_FILE
     return Plans(_read_json(path), path)
+
+
+def view_plan(plans: Plans, view: str | None = None) -> dict[str, Any]:
+    """``slice_axis`` and ``roi_size`` of the view a training or inference uses.
+
+    ``None`` is the primary view (the plans' own ``slice_axis`` and ``roi_size``); a name is one of the extra views
+    of ``plans["views"]`` (multi-view 2.5D, see :class:`monai_unet2.inferers.MultiViewInferer`).
+
+    Args:
+        plans: the bundle's plans (``@plans``).
+        view: ``None`` or the name of an extra view (``--view coronal``).
+
+    Raises:
+        ValueError: an unknown view name (the message lists the plans' views) or a malformed view.
+    """
+    if view is None or view == "":
+        return {"slice_axis": plans["slice_axis"], "roi_size": plans["roi_size"]}
+    from monai_unet2.inferers.multi_view import check_views
+
+    views = check_views(plans.get("views"), where=f"{getattr(plans, 'path', 'plans')}: views")
+    if view not in views:
+        known = ", ".join(views) or "none"
+        raise ValueError(f"--view {view}: {getattr(plans, 'path', 'plans')} has no such view (views: {known}).")
+    return views[view]
+
+
+def view_models_dir(bundle_root: str | os.PathLike, view: str | None = None) -> str:
+    """The folder a view's weights are trained into and read from: ``models/`` or ``models/<view>/``.
+
+    Args:
+        bundle_root: the bundle folder (``@bundle_root``).
+        view: ``None`` for the primary view, or the name of an extra view.
+    """
+    models = os.path.join(os.fspath(bundle_root), "models")
+    return os.path.join(models, view) if view else models
 
 
 def read_metadata(bundle_root: str | os.PathLike) -> dict[str, Any]:

@@ -22,7 +22,13 @@ from typing import Any
 import torch
 from monai.inferers import Inferer
 
-__all__ = ["FOLD_DIR_PATTERN", "FoldEnsembleInferer", "fold_dir_name", "trained_checkpoints"]
+__all__ = [
+    "FOLD_DIR_PATTERN",
+    "FoldEnsembleInferer",
+    "fold_dir_name",
+    "mean_probability_logits",
+    "trained_checkpoints",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -176,5 +182,18 @@ class FoldEnsembleInferer(Inferer):
             )
             total = output if total is None else total + output
         assert total is not None
-        mean = (total / len(paths)).clamp(1e-7, 1.0 - 1e-7 if self.activation == "sigmoid" else 1.0)
-        return torch.log(mean) if self.activation == "softmax" else torch.log(mean) - torch.log1p(-mean)
+        return mean_probability_logits(total / len(paths), self.activation)
+
+
+def mean_probability_logits(mean: torch.Tensor, activation: str = "softmax") -> torch.Tensor:
+    """Logits whose ``activation`` gives back ``mean``, an average of probabilities.
+
+    The logarithm for ``softmax`` (the probabilities sum to one over channels, so softmax of their logarithm is
+    themselves), the logit for ``sigmoid``; clamped away from 0 (and 1) so that nothing is infinite.
+
+    Args:
+        mean: averaged probabilities, channels in dim 1.
+        activation: ``"softmax"`` or ``"sigmoid"``, the activation that produced them.
+    """
+    mean = mean.clamp(1e-7, 1.0 - 1e-7 if activation == "sigmoid" else 1.0)
+    return torch.log(mean) if activation == "softmax" else torch.log(mean) - torch.log1p(-mean)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -171,6 +172,30 @@ class SlidingWindowSliceInferer(Inferer):
         self.window_batching = window_batching
         self.size_divisible_by = size_divisible_by
         self.min_roi_size = min_roi_size
+
+    def with_view(self, slice_axis: int, training_window: Sequence[int]) -> SlidingWindowSliceInferer:
+        """A copy that slides along ``slice_axis`` with another view's training window, all else unchanged.
+
+        The window replaces this inferer's ``roi_size`` when it is set and its ``min_roi_size`` when that is set
+        (whole-slice inference padded to at least the training window), so a model trained on another slice
+        orientation is inferred the way its own training validated it. Used by
+        :class:`monai_unet2.inferers.MultiViewInferer`.
+
+        Args:
+            slice_axis: the view's slice axis, 0, 1 or 2.
+            training_window: the view's in-plane training window ``(h, w)``, in the order of the in-plane axes.
+        """
+        if int(slice_axis) not in (0, 1, 2):
+            raise ValueError(f"slice_axis must be 0, 1 or 2, got {slice_axis}.")
+        view = copy.copy(self)
+        view.slice_axis = int(slice_axis)
+        view.slice_axes = (int(slice_axis),)
+        window = [int(size) for size in training_window]
+        if self.roi_size is not None:
+            view.roi_size = window
+        if self.min_roi_size is not None:
+            view.min_roi_size = window
+        return view
 
     def __call__(
         self,

@@ -54,6 +54,9 @@ def parser() -> argparse.ArgumentParser:
     cli.add_argument("--channel_names", type=_json_object, help='channel names (= modality): \'{"0": "CT"}\'')
     cli.add_argument("--max_cases", type=int, default=40, help="cases read for voxel statistics (default 40)")
     cli.add_argument("--step_seconds", type=float, help="plan with this training-step time instead of measuring it")
+    cli.add_argument(
+        "--views", action="store_true", help="plan coronal/sagittal models too, fused at inference (isotropic data)"
+    )
     cli.add_argument("--overwrite", action="store_true", help="replace the configs of an already planned bundle")
     cli.add_argument("--allow_outside_root", action="store_true", help="accept files that resolve outside the dataset")
     return cli
@@ -80,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_cases=arguments.max_cases,
             step_seconds=arguments.step_seconds,
             allow_outside_root=arguments.allow_outside_root,
+            views=arguments.views,
         )
         written = write_bundle(plan, arguments.bundle_dir, overwrite=arguments.overwrite)
     except (DatalistError, BundleExistsError, ValueError) as error:

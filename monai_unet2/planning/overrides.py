@@ -23,6 +23,7 @@ OVERRIDABLE = (
     "context_slices",
     "normalization",
     "roi_size",
+    "views",
     "network",
     "volumes_per_batch",
     "slices_per_volume",

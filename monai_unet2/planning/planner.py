@@ -112,6 +112,7 @@ def plan_dataset(
     max_cases: int = 40,
     step_seconds: float | None = None,
     allow_outside_root: bool = False,
+    views: bool = False,
 ) -> Plan:
     """Fingerprint the dataset and take every planning decision.
 
@@ -128,6 +129,8 @@ def plan_dataset(
         step_seconds: a training step's seconds to plan with instead of measuring (makes the plan independent of the
             machine).
         allow_outside_root: accept dataset files that resolve outside ``dataset_dir``.
+        views: plan extra slice orientations for multi-view fusion (near-isotropic data only; one more training
+            per view), see :func:`monai_unet2.planning.decisions.views`.
     """
     start = time.perf_counter()
     overrides = dict(overrides or {})
@@ -156,6 +159,7 @@ def plan_dataset(
         fingerprint["channels"], fingerprint["nonzero_crop_fraction"]
     )
     plans["roi_size"], reasons["roi_size"] = decisions.roi_size(resampled, axis)
+    plans["views"], reasons["views"] = decisions.views(working["spacing"], resampled, axis, views)
     plans["network"] = dict(decisions.DEFAULT_NETWORK)
     reasons["network"] = (
         "a 2D UNet with 32 base features (nnU-Net's width): on the hippocampus bundle it scored 0.877 mean Dice "

@@ -104,6 +104,15 @@ def plan_readme(plan: Plan, name: str) -> str:
         "# train fold 0 (of the folds in configs/splits.json); --fold all trains on every case without validation",
         "python -m monai.bundle run --config_file $B/configs/train.json --bundle_root $B --fold 0",
         "#   --max_epochs N  shorter or longer than planned;  --resume True  continue after a kill",
+        *(
+            ["# each extra view of plans.json (multi-view 2.5D) into models/<view>/; inference fuses them all"]
+            + [
+                f"python -m monai.bundle run --config_file $B/configs/train.json --bundle_root $B --view {view}"
+                for view in plans["views"]
+            ]
+            if plans.get("views")
+            else []
+        ),
         "# segment a folder (or the dataset's imagesTs) with every trained fold; labels as <case>_seg.nii.gz",
         "python -m monai.bundle run --config_file $B/configs/inference.json --bundle_root $B \\",
         "    --dataset_dir /path/to/imagesTs --output_dir /path/to/predictions",

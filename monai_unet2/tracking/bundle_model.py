@@ -211,7 +211,8 @@ def build_inference_parser(bundle_dir: str | os.PathLike, device: str | torch.de
 
     ``LoadImage(d)`` is removed from ``preprocessing`` (the caller provides the image as a ``MetaTensor``) and every
     ``Save*`` transform from ``postprocessing`` (the caller gets the label array back), as MONAI Label does with
-    bundles. ``network_def``, ``preprocessing``, ``inferer`` and ``postprocessing`` are the ids to use.
+    bundles. ``network_def``, ``preprocessing``, ``inferer`` and ``postprocessing`` are the ids to use; ``views`` (multi-view
+    fusion) is emptied, since what is staged and served is the one network of ``models/model.pt``.
 
     Args:
         bundle_dir: a bundle folder with ``configs/inference.json``.
@@ -222,6 +223,8 @@ def build_inference_parser(bundle_dir: str | os.PathLike, device: str | torch.de
     parser.read_config(str(bundle_dir / "configs" / "inference.json"))
     parser["bundle_root"] = str(bundle_dir)
     parser["device"] = f"$torch.device('{torch.device(device)}')"
+    if parser.get("views") is not None:
+        parser["views"] = {}  # a registered version is one network: the extra views' models are not part of it
     _strip_file_io(parser, "preprocessing", lambda name: name in _FILE_LOADERS)
     _strip_file_io(parser, "postprocessing", lambda name: name.startswith("Save"))
     return parser
