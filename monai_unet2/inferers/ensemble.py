@@ -26,6 +26,7 @@ __all__ = [
     "FOLD_DIR_PATTERN",
     "FoldEnsembleInferer",
     "fold_dir_name",
+    "logits_to_probabilities",
     "mean_probability_logits",
     "trained_checkpoints",
 ]
@@ -153,9 +154,7 @@ class FoldEnsembleInferer(Inferer):
         return member
 
     def _probabilities(self, output: torch.Tensor, returns_probabilities: bool) -> torch.Tensor:
-        if returns_probabilities:
-            return output
-        return torch.softmax(output, dim=1) if self.activation == "softmax" else torch.sigmoid(output)
+        return output if returns_probabilities else logits_to_probabilities(output, self.activation)
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> torch.Tensor:
         """Infer ``inputs`` with every member; see the class docstring for what is returned.
@@ -183,6 +182,17 @@ class FoldEnsembleInferer(Inferer):
             total = output if total is None else total + output
         assert total is not None
         return mean_probability_logits(total / len(paths), self.activation)
+
+
+def logits_to_probabilities(logits: torch.Tensor, activation: str = "softmax") -> torch.Tensor:
+    """Probabilities of ``logits`` under ``activation`` (softmax over dim 1, or sigmoid), the inverse of
+    :func:`mean_probability_logits`.
+
+    Args:
+        logits: network or ensemble output, channels in dim 1.
+        activation: ``"softmax"`` or ``"sigmoid"``.
+    """
+    return torch.softmax(logits, dim=1) if activation == "softmax" else torch.sigmoid(logits)
 
 
 def mean_probability_logits(mean: torch.Tensor, activation: str = "softmax") -> torch.Tensor:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from monai.inferers import Inferer
 
-from monai_unet2.inferers.ensemble import FoldEnsembleInferer, mean_probability_logits
+from monai_unet2.inferers.ensemble import FoldEnsembleInferer, logits_to_probabilities, mean_probability_logits
 
 __all__ = ["MultiViewInferer", "check_views"]
 
@@ -111,11 +111,7 @@ class MultiViewInferer(Inferer):
         if not self.members:
             return primary
         activation = self.inferer.activation
-
-        def to_probability(logits: torch.Tensor) -> torch.Tensor:
-            return torch.softmax(logits, dim=1) if activation == "softmax" else torch.sigmoid(logits)
-
-        total = to_probability(primary)
+        total = logits_to_probabilities(primary, activation)
         for member in self.members.values():
-            total = total + to_probability(member(inputs, network, *args, **kwargs))
+            total = total + logits_to_probabilities(member(inputs, network, *args, **kwargs), activation)
         return mean_probability_logits(total / (len(self.members) + 1), activation)

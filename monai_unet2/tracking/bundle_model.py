@@ -224,7 +224,7 @@ def build_inference_parser(bundle_dir: str | os.PathLike, device: str | torch.de
     parser["bundle_root"] = str(bundle_dir)
     parser["device"] = f"$torch.device('{torch.device(device)}')"
     if parser.get("views") is not None:
-        parser["views"] = {}  # a registered version is one network: the extra views' models are not part of it
+        parser["views"] = {}
     _strip_file_io(parser, "preprocessing", lambda name: name in _FILE_LOADERS)
     _strip_file_io(parser, "postprocessing", lambda name: name.startswith("Save"))
     return parser
