@@ -130,11 +130,10 @@ class ServerProcess:
         self.stop()
 
 
-def copy_bundle(bundle_dir: Path, destination: Path, weights: Path) -> Path:
-    """Copy a bundle (configs, docs, sample data) with ``weights`` as its ``models/model.pt``."""
-    shutil.copytree(bundle_dir, destination, ignore=shutil.ignore_patterns("models", "eval", "mlruns", "*.db"))
-    (destination / "models").mkdir()
-    shutil.copy2(weights, destination / "models" / "model.pt")
+def copy_bundle(bundle_dir: Path, destination: Path) -> Path:
+    """Copy a bundle as a user drops it into a MONAI Label app: configs, docs, sample data and every model it
+    ships (``models/model.pt`` and the extra views' ``models/<view>/``), without local evaluation or run logs."""
+    shutil.copytree(bundle_dir, destination, ignore=shutil.ignore_patterns("eval", "mlruns", "*.db"))
     return destination
 
 

@@ -222,9 +222,10 @@ def test_memory_guard_judges_the_size_after_resampling(tmp_path, volume):
     assert memory_refusal(path, target_spacing=40.0) is None
 
 
-def test_single_slice_nifti_runs_through_the_bundle_inference(tmp_path, volume):
+def test_single_slice_nifti_runs_through_the_bundle_inference(tmp_path, volume, caplog):
     """The bundle's own inference.json (read in this process): one slice of a real case is segmented and written
-    with the input's shape and affine; before, the writer failed with a TypeError after the inference."""
+    with the input's shape and affine; before, the writer failed with a TypeError after the inference. The
+    coronal and sagittal views cannot see a single slice as a plane: they are left out, and the user is told."""
     from monai.bundle import ConfigParser
 
     array, affine = volume
@@ -242,7 +243,11 @@ def test_single_slice_nifti_runs_through_the_bundle_inference(tmp_path, volume):
             "progress_bar": False,
         }
     )
-    parser.get_parsed_content("evaluator").run()
+    with caplog.at_level("WARNING", logger="monai_unet2.inferers.multi_view"):
+        parser.get_parsed_content("evaluator").run()
+    assert [record.getMessage().split(" (")[0] for record in caplog.records if record.name.endswith("multi_view")] == [
+        f"{inputs / 'one_slice.nii.gz'}: view '{view}' left out of the fusion" for view in ("coronal", "sagittal")
+    ]
     written = nib.load(tmp_path / "out" / "one_slice_seg.nii.gz")
     assert written.shape == (36, 52, 1)
     np.testing.assert_allclose(written.affine, affine, atol=1e-5)

@@ -85,8 +85,8 @@ def local_server(tmp_path_factory):
     require_monailabel_venv()
     weights = _shipped_weights()
     work = tmp_path_factory.mktemp("monailabel_local")
-    served = copy_bundle(BUNDLE, work / "bundles" / MODEL, weights)
-    retrain = copy_bundle(BUNDLE, work / "bundles" / RETRAIN_MODEL, weights)
+    served = copy_bundle(BUNDLE, work / "bundles" / MODEL)
+    retrain = copy_bundle(BUNDLE, work / "bundles" / RETRAIN_MODEL)
     studies = work / "studies"
     shutil.copytree(SAMPLE_IMAGES, studies)
     shutil.copytree(SAMPLE_LABELS, studies / "labels" / "final")
@@ -205,7 +205,7 @@ def test_train_rewrites_the_weights_and_the_next_infer_serves_them(local_server,
 @pytest.fixture(scope="module")
 def pacs(tmp_path_factory):
     require_monailabel_venv()
-    weights = _shipped_weights()
+    _shipped_weights()
     work = tmp_path_factory.mktemp("pacs")
     full = work / "dicom" / "full"
     full_uid = series_with_uids(CT_SERIES, full, patient_id="TOTALSEG_CT20")
@@ -216,7 +216,7 @@ def pacs(tmp_path_factory):
         for path in sorted(full.glob("*.dcm")) + sorted(crop.glob("*.dcm")):
             response = requests.post(f"{orthanc_url}/instances", data=path.read_bytes(), timeout=60)
             assert response.status_code == 200, f"Orthanc refused {path}: {response.text[:1000]}"
-        bundle = copy_bundle(BUNDLE, work / "bundles" / MODEL, weights)
+        bundle = copy_bundle(BUNDLE, work / "bundles" / MODEL)
         app = make_monaibundle_app(work / "apps" / "monaibundle", {MODEL: bundle})
         server, url = start_monailabel(app, f"{orthanc_url}/dicom-web", [MODEL], work)
         with server:

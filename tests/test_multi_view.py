@@ -13,7 +13,13 @@ from dataset_builders import SAMPLE
 from monai.bundle import ConfigParser
 
 from monai_unet2.bundle_config import read_plans, view_models_dir, view_plan
-from monai_unet2.inferers import FoldEnsembleInferer, MultiViewInferer, SlidingWindowSliceInferer, check_views
+from monai_unet2.inferers import (
+    FoldEnsembleInferer,
+    MultiViewInferer,
+    SlidingWindowSliceInferer,
+    check_views,
+    views_that_fit,
+)
 from monai_unet2.networks import UNet
 
 BUNDLE = SAMPLE.parent
@@ -24,7 +30,7 @@ VIEWS = {"coronal": {"slice_axis": 1, "roi_size": [48, 48]}, "sagittal": {"slice
 def volume() -> torch.Tensor:
     image = np.asarray(nib.load(SAMPLE / "imagesTr" / "hippocampus_004.nii.gz").dataobj, dtype=np.float32)
     image = (image - image.mean()) / image.std()
-    return torch.from_numpy(image[:, :, 12:20].copy())[None, None]
+    return torch.from_numpy(image)[None, None]
 
 
 def whole_slices(**kwargs) -> SlidingWindowSliceInferer:
@@ -80,6 +86,37 @@ def test_no_view_gives_the_fold_ensembles_output_bit_for_bit(volume, tmp_path):
     ensemble = FoldEnsembleInferer(whole_slices(), models_dir=tmp_path)
     with torch.no_grad():
         assert torch.equal(MultiViewInferer(ensemble, {})(volume, small_unet(5)), ensemble(volume, small_unet(5)))
+
+
+@pytest.mark.parametrize(
+    "shape, fitting, unfit",
+    [
+        ((35, 50, 24), ["coronal", "sagittal"], {}),
+        ((35, 50, 23), [], {"coronal": "35 x 23 voxels", "sagittal": "50 x 23 voxels"}),
+        ((23, 50, 40), ["sagittal"], {"coronal": "23 x 40 voxels in its plane, under half its 48 x 48 training"}),
+        ((36, 31, 1), [], {"coronal": "36 x 1 voxels", "sagittal": "31 x 1 voxels"}),
+    ],
+)
+def test_a_view_needs_half_its_training_window_in_its_plane(shape, fitting, unfit):
+    names, reasons = views_that_fit(check_views(VIEWS), shape)
+    assert names == fitting
+    assert list(reasons) == list(unfit)
+    for name, start in unfit.items():
+        assert reasons[name].startswith(start)
+
+
+def test_a_slab_too_thin_for_the_views_is_the_primary_alone_with_a_warning(volume, tmp_path, caplog):
+    for index, name in enumerate(["", *VIEWS]):
+        save(small_unet(index), tmp_path / name / "model.pt")
+    slab = volume[..., 12:20]
+    ensemble = FoldEnsembleInferer(whole_slices(), models_dir=tmp_path)
+    fused = MultiViewInferer(ensemble, VIEWS, models_dir=tmp_path)
+    with torch.no_grad(), caplog.at_level("WARNING", logger="monai_unet2.inferers.multi_view"):
+        assert torch.equal(fused(slab, small_unet(5)), ensemble(slab, small_unet(5)))
+    assert [record.getMessage().split(" (")[0] for record in caplog.records if record.name.endswith("multi_view")] == [
+        "volume: view 'coronal' left out of the fusion",
+        "volume: view 'sagittal' left out of the fusion",
+    ]
 
 
 def test_a_view_without_a_model_is_refused_by_its_folder(volume, tmp_path):

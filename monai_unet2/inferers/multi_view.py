@@ -12,6 +12,7 @@ are fused there, like the folds of :class:`monai_unet2.inferers.FoldEnsembleInfe
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -21,7 +22,9 @@ from monai.inferers import Inferer
 
 from monai_unet2.inferers.ensemble import FoldEnsembleInferer, logits_to_probabilities, mean_probability_logits
 
-__all__ = ["MultiViewInferer", "check_views"]
+__all__ = ["MultiViewInferer", "check_views", "views_that_fit"]
+
+logger = logging.getLogger(__name__)
 
 
 def check_views(views: Mapping[str, Mapping[str, Any]] | None, where: str = "views") -> dict[str, dict[str, Any]]:
@@ -48,6 +51,36 @@ def check_views(views: Mapping[str, Mapping[str, Any]] | None, where: str = "vie
     return checked
 
 
+def views_that_fit(
+    views: Mapping[str, Mapping[str, Any]], spatial_shape: Sequence[int]
+) -> tuple[list[str], dict[str, str]]:
+    """Which views can infer a volume of ``spatial_shape``, and why each of the others cannot.
+
+    A view sees planes spanned by the two axes other than its ``slice_axis``. Where the volume covers less than
+    half of the view's training window along one of them (a single slice, a thin slab), the view's input would be
+    mostly padding, unlike anything it was trained on, and its probabilities would drag the fusion towards
+    background; such a view is left out of that volume's fusion.
+
+    Args:
+        views: checked views, as returned by :func:`check_views`.
+        spatial_shape: the volume's spatial shape ``(H, W, D)``.
+
+    Returns:
+        the names of the views that fit, in order, and ``{name: reason}`` for the others.
+    """
+    fitting: list[str] = []
+    unfit: dict[str, str] = {}
+    for name, view in views.items():
+        plane_axes = [axis for axis in range(3) if axis != view["slice_axis"]]
+        plane = [int(spatial_shape[axis]) for axis in plane_axes]
+        if all(2 * extent >= window for extent, window in zip(plane, view["roi_size"])):
+            fitting.append(name)
+        else:
+            window = " x ".join(str(size) for size in view["roi_size"])
+            unfit[name] = f"{plane[0]} x {plane[1]} voxels in its plane, under half its {window} training window"
+    return fitting, unfit
+
+
 class MultiViewInferer(Inferer):
     """Average the probabilities of the bundle's primary model and of one model per extra slice orientation.
 
@@ -56,7 +89,8 @@ class MultiViewInferer(Inferer):
     (:meth:`SlidingWindowSliceInferer.with_view`) and the fold ensemble found in ``models_dir/<name>``, with the
     same ``folds``. The returned logits are the logarithm of the mean probability over views (each view's
     probability being its folds' mean), so ``Activationsd`` and ``argmax`` downstream work unchanged. With no extra
-    view the primary's output is returned as it is, bit for bit.
+    view the primary's output is returned as it is, bit for bit. A volume too thin for an extra view's plane (see
+    :func:`views_that_fit`) is fused without that view, with a warning that names the volume and the view.
 
     Args:
         inferer: the primary view's :class:`FoldEnsembleInferer`, wrapping a ``SlidingWindowSliceInferer``.
@@ -108,10 +142,21 @@ class MultiViewInferer(Inferer):
                     "(--views '{}')"
                 ) from None
         primary = self.inferer(inputs, network, *args, **kwargs)
-        if not self.members:
+        fitting, unfit = views_that_fit(self.views, inputs.shape[2:])
+        for name, reason in unfit.items():
+            logger.warning("%s: view '%s' left out of the fusion (%s)", _volume_name(inputs), name, reason)
+        if not fitting:
             return primary
         activation = self.inferer.activation
         total = logits_to_probabilities(primary, activation)
-        for member in self.members.values():
-            total = total + logits_to_probabilities(member(inputs, network, *args, **kwargs), activation)
-        return mean_probability_logits(total / (len(self.members) + 1), activation)
+        for name in fitting:
+            total = total + logits_to_probabilities(self.members[name](inputs, network, *args, **kwargs), activation)
+        return mean_probability_logits(total / (len(fitting) + 1), activation)
+
+
+def _volume_name(inputs: torch.Tensor) -> str:
+    """The file a volume batch was read from (MONAI's ``filename_or_obj``), or "volume" when it has no metadata."""
+    source = getattr(inputs, "meta", {}).get("filename_or_obj")
+    if isinstance(source, (list, tuple)):
+        source = source[0] if len(source) == 1 else ", ".join(str(item) for item in source)
+    return str(source) if source else "volume"
