@@ -16,7 +16,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from bundle_runner import run_bundle, string_leaves
+from bundle_runner import DRIVE_ONE_PASS, run_bundle, string_leaves
 from monai.bundle import ConfigParser
 from monai.bundle.reference_resolver import ReferenceResolver
 
@@ -181,10 +181,10 @@ def test_two_ranks_segment_drive_images_like_one_process(tmp_path):
     for case in (26, 36):
         shutil.copy(DRIVE / "images" / f"{case}_training.tif", inputs)
     run_bundle(DRIVE_BUNDLE, "run", tmp_path, "--dataset_dir", str(inputs), "--output_dir", str(tmp_path / "single"),
-               "--progress_bar", "False", config="inference.json")  # fmt: skip
+               "--progress_bar", "False", *DRIVE_ONE_PASS, config="inference.json")  # fmt: skip
     status, output = torchrun_bundle(
         DRIVE_BUNDLE, ["inference.json", "multi_gpu_inference.json"], tmp_path,
-        "--dataset_dir", str(inputs), "--output_dir", str(tmp_path / "ranks"),
+        "--dataset_dir", str(inputs), "--output_dir", str(tmp_path / "ranks"), *DRIVE_ONE_PASS,
     )  # fmt: skip
     assert status == 0, output[-6000:]
     names = ["26_training_seg.png", "36_training_seg.png"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from bundle_runner import run_bundle
+from bundle_runner import DRIVE_ONE_PASS, run_bundle
 from monai.bundle import ConfigParser
 from PIL import Image
 
@@ -156,8 +156,9 @@ def test_inference_writes_binary_pngs_of_the_input_size(tmp_path):
     for case in (26, 36):
         shutil.copy(DRIVE / "images" / f"{case}_training.tif", inputs)
     bundle(
-        "run", tmp_path, "--dataset_dir", str(inputs), "--output_dir", str(tmp_path / "out"), config="inference.json"
-    )
+        "run", tmp_path, "--dataset_dir", str(inputs), "--output_dir", str(tmp_path / "out"), *DRIVE_ONE_PASS,
+        config="inference.json",
+    )  # fmt: skip
     written = sorted((tmp_path / "out").glob("*.png"))
     assert [path.name for path in written] == ["26_training_seg.png", "36_training_seg.png"]
     for case, path in zip((26, 36), written):
@@ -174,7 +175,8 @@ def test_inference_writes_binary_pngs_of_the_input_size(tmp_path):
 @pytest.mark.slow
 @needs_drive
 def test_pyfunc_model_answers_like_the_bundle_on_a_fundus_image(tmp_path):
-    """The pyfunc form every registered version has (``mlflow models serve`` calls the same ``predict``)."""
+    """The pyfunc form every registered version has (``mlflow models serve`` calls the same ``predict``), and the
+    bundle's inference as shipped (flip TTA, overlap 0.5) on a validation image."""
     import mlflow
 
     from monai_unet2.tracking.bundle_model import BUNDLE_ARTIFACT, stage_bundle
@@ -187,6 +189,8 @@ def test_pyfunc_model_answers_like_the_bundle_on_a_fundus_image(tmp_path):
         "run", tmp_path, "--dataset_dir", str(inputs), "--output_dir", str(tmp_path / "out"), config="inference.json"
     )
     expected = np.asarray(Image.open(tmp_path / "out" / "21_training_seg.png")) > 0
+    truth, fov = read_gif(DRIVE / "1st_manual" / "21_manual1.gif"), read_gif(DRIVE / "mask" / "21_training_mask.gif")
+    assert f1(expected, truth, fov) > 0.8
 
     staged = stage_bundle(BUNDLE, torch.load(BUNDLE / "models" / "model.pt", weights_only=True), tmp_path / "bundle")
     mlflow.pyfunc.save_model(
@@ -213,6 +217,10 @@ def test_evaluate_writes_per_image_f1_inside_the_fov(tmp_path):
         str(tmp_path / "evaluation"),
         "--dataset_dir",
         str(DRIVE),
+        "--flip_tta",
+        "False",
+        "--validate#inferer#overlap",
+        "0.25",
         config=["train.json", "evaluate.json"],
     )
     assert "f1_fov" in output and "hd95_px" in output
